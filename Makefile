@@ -1,0 +1,24 @@
+# Every target creates .venv and installs what it needs first (scripts/setup.sh), so each works on a fresh clone.
+.PHONY: setup demo test lint format bench
+
+setup:
+	scripts/setup.sh
+
+demo: setup
+	scripts/demo.sh
+
+test: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/python -m pytest
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: setup
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+bench: setup
+	.venv/bin/python bench/pyramid_bench.py

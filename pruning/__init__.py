@@ -1,0 +1,1 @@
+"""Vision-token pruners behind one interface (LVPruning, AdaptInfer, PTP, STAR, ... and baselines)."""

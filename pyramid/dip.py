@@ -1,0 +1,331 @@
+"""The Dynamic Image Pyramid: levels, tiles and a prefetching tile stream over one raster file.
+
+Read paths, chosen once per file from its layout (see ``pyramid.source.Layout``):
+
+====================  ==========================================  ===============================
+layout                native-resolution tiles                     coarse levels / thumbnail
+====================  ==========================================  ===============================
+cog                   source blocks                               source overviews
+tiled (no overviews)  source blocks                               on-disk pyramid cache
+striped               source strip bands                          on-disk pyramid cache
+sequential (PNG/JPG)  on-disk pyramid cache                       on-disk pyramid cache
+====================  ==========================================  ===============================
+
+Images of at most ``cache_min_pixels`` never get a disk cache: reading them whole is cheap.
+Power-of-two levels are read from an overview of exactly that factor when one exists (block cache,
+no resampling); otherwise, and for the coarse level and the thumbnail, by GDAL area averaging.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+from rasterio.enums import ColorInterp
+
+from pyramid.cache import ByteLRUCache, default_cache_dir
+from pyramid.geometry import Georef, TileGeometry
+from pyramid.level_cache import LevelCacheEntry, ensure_level_cache
+from pyramid.levels import Level, PixelBox, PyramidSpec, plan_levels, plan_thumbnail
+from pyramid.radiometry import BandPlan, Stretch, choose_bands, compute_stretch
+from pyramid.reader import Region, RegionReader
+from pyramid.source import DEFAULT_MAX_PIXELS, Layout, RasterInfo, inspect_raster
+
+THUMBNAIL = -1  # level index of the global thumbnail
+_MAX_WHOLE_LEVEL_PIXELS = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, order=True)
+class TileKey:
+    level: int
+    row: int
+    col: int
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: uint8 RGB pixels (partial at the right/bottom edge), where it lies, and its validity."""
+
+    key: TileKey
+    level_name: str
+    level_box: PixelBox  # in level pixels
+    geometry: TileGeometry  # level-0 pixel box, native-CRS box and WGS84 polygon
+    pixels: np.ndarray = field(repr=False)  # (h, w, 3) uint8
+    valid: np.ndarray | None = field(default=None, repr=False)  # (h, w) bool, None = all valid
+
+    @property
+    def box(self) -> PixelBox:
+        return self.geometry.pixel_box
+
+    def padded(self, size: int, fill: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+        """The tile as ``size × size`` with ``fill`` at the bottom/right (the reference's padding)."""
+        h, w = self.pixels.shape[:2]
+        if h > size or w > size:
+            raise ValueError(f"tile {h}x{w} does not fit in {size}x{size}")
+        out = np.empty((size, size, 3), np.uint8)
+        out[...] = np.asarray(fill, np.uint8)
+        out[:h, :w] = self.pixels
+        return out
+
+
+@dataclass(frozen=True)
+class PyramidOptions:
+    spec: PyramidSpec = field(default_factory=PyramidSpec)
+    bands: tuple[int, ...] | None = None  # 1-based R,G,B (or one gray band); None = automatic
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    cache_dir: str | Path | None = None  # None = $LRS_VQA_CACHE_DIR or ~/.cache/lrs-vqa/pyramids
+    use_disk_cache: bool = True
+    lossless_cache: bool = False
+    cache_min_pixels: int = 4096 * 4096
+    tile_cache_bytes: int = 256 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    workers: int = 2
+    progress: bool = False
+
+
+class DynamicImagePyramid:
+    """Open with :meth:`open`; use as a context manager so file handles are closed."""
+
+    def __init__(self, info: RasterInfo, options: PyramidOptions) -> None:
+        self.info = info
+        self.options = options
+        self.levels: tuple[Level, ...] = plan_levels(info.width, info.height, options.spec)
+        self.thumbnail_level: Level = plan_thumbnail(info.width, info.height, options.spec)
+        self.bands: BandPlan = choose_bands(
+            str(info.path),
+            info.count,
+            tuple(ColorInterp[name] for name in info.colorinterp),
+            options.bands,
+        )
+        self.georef: Georef | None = Georef(Affine(*info.transform), info.crs) if info.georeferenced else None
+        self.block_cache: ByteLRUCache[Region] = ByteLRUCache(options.tile_cache_bytes)
+        self.disk_cache: LevelCacheEntry | None = None
+        self._readers: dict[tuple[str, int | None], RegionReader] = {}
+        self._stretch: Stretch | None = None
+        self._lock = threading.RLock()
+        self._executor: ThreadPoolExecutor | None = None
+        self.tiles_read = 0
+
+    @classmethod
+    def open(cls, path: str | Path, options: PyramidOptions | None = None) -> DynamicImagePyramid:
+        options = options or PyramidOptions()
+        return cls(inspect_raster(path, max_pixels=options.max_pixels), options)
+
+    def __enter__(self) -> DynamicImagePyramid:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+        self.block_cache.clear()
+
+    # -- read-path selection ------------------------------------------------------------------------
+    @property
+    def _big(self) -> bool:
+        return self.info.pixels > self.options.cache_min_pixels
+
+    @property
+    def coarse_from_cache(self) -> bool:
+        return self.options.use_disk_cache and self._big and not self.info.overview_factors
+
+    @property
+    def native_from_cache(self) -> bool:
+        return self.options.use_disk_cache and self._big and self.info.layout == Layout.SEQUENTIAL
+
+    def _cache_path(self) -> Path:
+        with self._lock:
+            if self.disk_cache is None:
+                self.disk_cache = ensure_level_cache(
+                    self.info,
+                    Path(self.options.cache_dir) if self.options.cache_dir else default_cache_dir(),
+                    lossless=self.options.lossless_cache,
+                    progress=self.options.progress,
+                )
+            return self.disk_cache.path
+
+    def _reader(self, path: Path, overview_level: int | None) -> RegionReader:
+        key = (str(path), overview_level)
+        with self._lock:
+            reader = self._readers.get(key)
+            if reader is None:
+                from_source = path == self.info.path
+                indexes = self.bands.read_indexes + (
+                    [self.bands.alpha] if self.bands.alpha is not None else []
+                )
+                reader = RegionReader(
+                    path,
+                    indexes,
+                    cache=self.block_cache,
+                    overview_level=overview_level,
+                    alpha=self.bands.alpha,
+                    nodata=self.info.nodata,
+                    internal_mask=from_source and self.info.has_mask,
+                    label=f"{'src' if from_source else 'cache'}:{overview_level}",
+                )
+                self._readers[key] = reader
+            return reader
+
+    def _native_reader(self) -> RegionReader:
+        path = self._cache_path() if self.native_from_cache else self.info.path
+        return self._reader(path, None)
+
+    def _scaled_backing(self) -> Path:
+        return self._cache_path() if self.coarse_from_cache else self.info.path
+
+    def _overview_reader(self, factor: int) -> RegionReader | None:
+        path = self._scaled_backing()
+        base = self._reader(path, None)
+        factors = base.pool.get().overviews(1)
+        if factor not in factors:
+            return None
+        return self._reader(path, factors.index(factor))
+
+    # -- pixels -----------------------------------------------------------------------------------------
+    def _read_level_source(self, level: Level, level_box: PixelBox) -> Region:
+        if level.is_native:
+            return self._native_reader().read(level_box)
+        factor = level.factor_x
+        if factor == level.factor_y and factor.is_integer():
+            ovr = self._overview_reader(int(factor))
+            if ovr is not None and ovr.width >= level.width and ovr.height >= level.height:
+                return ovr.read(level_box)
+        box0 = level.to_level0(level_box)
+        return self._reader(self._scaled_backing(), None).read_scaled(box0, level_box.width, level_box.height)
+
+    @property
+    def stretch(self) -> Stretch:
+        """uint8 passthrough, or per-band percentiles computed once from the coarse level."""
+        with self._lock:
+            if self._stretch is None:
+                if self.info.dtype == "uint8":
+                    self._stretch = Stretch("uint8")
+                else:
+                    coarse = self.levels[0]
+                    if coarse.width * coarse.height > _MAX_WHOLE_LEVEL_PIXELS:
+                        coarse = self.thumbnail_level
+                    region = self._read_level_source(coarse, PixelBox(0, 0, coarse.width, coarse.height))
+                    rgb = region.data[..., self.bands.rgb_positions]
+                    self._stretch = compute_stretch(
+                        self.info.dtype, rgb, region.valid, self.options.percentiles
+                    )
+            return self._stretch
+
+    def read_level_region(self, level: Level, level_box: PixelBox) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 RGB pixels of ``level_box`` (level pixels) and its validity mask (None = all valid)."""
+        level_box = level_box.clip(level.width, level.height)
+        region = self._read_level_source(level, level_box)
+        rgb = self.stretch.apply(region.data[..., self.bands.rgb_positions])
+        if region.valid is not None:
+            if region.valid.all():
+                return rgb, None
+            rgb = rgb.copy() if not rgb.flags.writeable or rgb.base is not None else rgb
+            rgb[~region.valid] = 0
+        return rgb, region.valid
+
+    def level(self, index: int) -> Level:
+        return self.thumbnail_level if index == THUMBNAIL else self.levels[index]
+
+    def geometry(self, level0_box: PixelBox) -> TileGeometry:
+        return self.georef.tile_geometry(level0_box) if self.georef else TileGeometry(level0_box)
+
+    def tile(self, level: int, row: int, col: int) -> Tile:
+        lvl = self.level(level)
+        level_box = lvl.tile_level_box(row, col)
+        pixels, valid = self.read_level_region(lvl, level_box)
+        with self._lock:
+            self.tiles_read += 1
+        return Tile(
+            TileKey(lvl.index if level != THUMBNAIL else THUMBNAIL, row, col),
+            lvl.name,
+            level_box,
+            self.geometry(lvl.to_level0(level_box)),
+            pixels,
+            valid,
+        )
+
+    def thumbnail(self) -> Tile:
+        """The global view: the whole image with long side ``spec.thumbnail_size`` (one tile)."""
+        return self.tile(THUMBNAIL, 0, 0)
+
+    def level_image(self, level: int) -> Tile:
+        """A whole level as one array (coarse levels only: refused above 64 Mpx)."""
+        lvl = self.level(level)
+        if lvl.width * lvl.height > _MAX_WHOLE_LEVEL_PIXELS:
+            raise ValueError(
+                f"level {lvl.name} is {lvl.width}x{lvl.height}; read it tile by tile with stream()"
+            )
+        box = PixelBox(0, 0, lvl.width, lvl.height)
+        pixels, valid = self.read_level_region(lvl, box)
+        return Tile(TileKey(level, 0, 0), lvl.name, box, self.geometry(lvl.to_level0(box)), pixels, valid)
+
+    def tiles_covering(self, level: int, level0_box: PixelBox) -> list[TileKey]:
+        lvl = self.level(level)
+        return [TileKey(level, r, c) for r, c in lvl.tiles_covering(level0_box)]
+
+    def all_tiles(self, level: int) -> list[TileKey]:
+        lvl = self.level(level)
+        return [TileKey(level, r, c) for r in range(lvl.rows) for c in range(lvl.cols)]
+
+    # -- streaming ----------------------------------------------------------------------------------------
+    def stream(self, keys: Iterable[TileKey], *, prefetch: int = 8) -> Iterator[Tile]:
+        """Yield the requested tiles in request order, decoding ahead on ``options.workers`` threads."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.options.workers, thread_name_prefix="dip")
+            executor = self._executor
+        pending: deque[Future[Tile]] = deque()
+        it = iter(keys)
+        try:
+            for key in it:
+                pending.append(executor.submit(self.tile, key.level, key.row, key.col))
+                if len(pending) >= prefetch:
+                    break
+            while pending:
+                fut = pending.popleft()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(executor.submit(self.tile, nxt.level, nxt.row, nxt.col))
+                yield fut.result()
+        finally:
+            for fut in pending:  # a consumer that stops early must not leave reads running
+                fut.cancel()
+
+    # -- reporting ----------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, object]:
+        return {
+            **self.info.describe(),
+            "bands_rgb": list(self.bands.rgb),
+            "alpha_band": self.bands.alpha,
+            "read_paths": {
+                "native": "disk-cache" if self.native_from_cache else "source",
+                "coarse": (
+                    "disk-cache"
+                    if self.coarse_from_cache
+                    else ("overviews" if self.info.overview_factors else "source")
+                ),
+            },
+            "levels": [lvl.describe() for lvl in self.levels],
+            "thumbnail": self.thumbnail_level.describe(),
+        }
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {
+            "tiles_read": self.tiles_read,
+            "blocks_decoded": sum(r.blocks_decoded for r in self._readers.values()),
+            "block_cache_hits": self.block_cache.hits,
+            "block_cache_bytes": self.block_cache.current_bytes,
+        }

@@ -1,0 +1,44 @@
+"""Typed errors for bad raster input.
+
+Every error a user can cause by handing us a file is a subclass of :class:`RasterInputError`,
+carries a one-line message, and is what the CLI turns into exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class RasterInputError(Exception):
+    """Base class: the input cannot be used as a raster. ``str(err)`` is one line."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = " ".join(str(reason).split())  # keep it on one line
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+class RasterNotFoundError(RasterInputError):
+    """The path does not exist."""
+
+
+class NotAFileError(RasterInputError):
+    """The path is a directory or another non-regular file."""
+
+
+class EmptyFileError(RasterInputError):
+    """The file has zero bytes."""
+
+
+class NotARasterError(RasterInputError):
+    """The file is not in any raster format we can read."""
+
+
+class CorruptRasterError(RasterInputError):
+    """The file looks like a raster but its header or pixel data cannot be decoded (e.g. truncated)."""
+
+
+class UnsupportedRasterError(RasterInputError):
+    """A readable raster we cannot turn into RGB tiles (dtype, band layout, band selection...)."""
+
+
+class RasterTooLargeError(RasterInputError):
+    """The header declares dimensions beyond the configured limit (decompression-bomb guard)."""

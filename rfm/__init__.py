@@ -1,0 +1,1 @@
+"""Region Focus Module: text-guided relevance of vision tokens and the tiles to zoom into."""
