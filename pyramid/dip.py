@@ -86,6 +86,7 @@ class PyramidOptions:
     tile_cache_bytes: int = 256 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
     workers: int = 2
+    direct_decode: bool = True  # tifffile + libjpeg-turbo for tiled TIFFs; False = GDAL only
     progress: bool = False
 
 
@@ -173,6 +174,7 @@ class DynamicImagePyramid:
                     alpha=self.bands.alpha,
                     nodata=self.info.nodata,
                     internal_mask=from_source and self.info.has_mask,
+                    direct_decode=self.options.direct_decode,
                     label=f"{'src' if from_source else 'cache'}:{overview_level}",
                 )
                 self._readers[key] = reader

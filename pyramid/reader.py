@@ -24,6 +24,7 @@ from pyramid.cache import ByteLRUCache
 from pyramid.errors import CorruptRasterError
 from pyramid.levels import PixelBox
 from pyramid.source import open_dataset
+from pyramid.tiff_direct import DirectTiles, open_direct
 
 # Macro blocks are at least this many pixels on a side so tiny TIFF tiles or 1-row strips are not read
 # one GDAL call at a time.
@@ -83,6 +84,7 @@ class RegionReader:
         alpha: int | None = None,
         nodata: float | None = None,
         internal_mask: bool = False,
+        direct_decode: bool = True,
         label: str = "",
     ) -> None:
         self.path = path
@@ -105,6 +107,16 @@ class RegionReader:
         self.macro_cols = (
             self.width if block_cols >= self.width else block_cols * math.ceil(_MIN_MACRO / block_cols)
         )
+        self.direct: DirectTiles | None = None
+        if direct_decode and not self.internal_mask and block_cols < self.width:
+            self.direct = open_direct(
+                path,
+                0 if overview_level is None else overview_level + 1,
+                self.width,
+                self.height,
+                self.dtype,
+                src.count,
+            )
         self._inflight: dict[Hashable, Future[Region]] = {}
         self._lock = threading.Lock()
         self.blocks_decoded = 0
@@ -136,6 +148,13 @@ class RegionReader:
         w = min(self.macro_cols, self.width - x0)
         h = min(self.macro_rows, self.height - y0)
         window = Window(x0, y0, w, h)
+        if self.direct is not None:
+            try:
+                data = self.direct.read(x0, y0, w, h, [i - 1 for i in self.indexes])
+            except Exception as exc:  # a codec error in a damaged tile
+                raise self._fail(f"block ({x0}, {y0}, {w}x{h})", exc) from None
+            self.blocks_decoded += 1
+            return Region(data, self._validity(data, None))
         src = self.pool.get()
         data = np.empty((h, w, len(self.indexes)), self.dtype)
         try:
@@ -218,4 +237,6 @@ class RegionReader:
         return Region(data, self._validity(data, gmask))
 
     def close(self) -> None:
+        if self.direct is not None:
+            self.direct.close()
         self.pool.close()

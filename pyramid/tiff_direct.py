@@ -1,0 +1,91 @@
+"""Direct decode of whole TIFF tiles with tifffile + imagecodecs (libjpeg-turbo, libdeflate).
+
+The hot path for tiled TIFF/COG: about 3x faster per core than the GDAL in the rasterio wheel, whose JPEG
+decoder is IJG libjpeg 9 without SIMD (raster_io.md §3, §7). JPEG output differs from GDAL's by a mean of
+about 0.5 DN (different IDCT/upsampling), lossless codecs are identical. Anything unusual — planar
+layout, a dtype or size mismatch, a codec imagecodecs lacks — makes ``open_direct`` return None, and the
+caller keeps using GDAL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+class DirectTiles:
+    """Decodes tiles of one TIFF page; thread-safe (``os.pread`` plus a pure decode)."""
+
+    def __init__(self, path: Path, page: object, tif: object) -> None:
+        self.path = path
+        self._tif = tif  # keeps the page's file open for tifffile
+        self.page = page
+        self.tile_width: int = page.tilewidth  # type: ignore[attr-defined]
+        self.tile_height: int = page.tilelength  # type: ignore[attr-defined]
+        self.width: int = page.imagewidth  # type: ignore[attr-defined]
+        self.height: int = page.imagelength  # type: ignore[attr-defined]
+        self.across = math.ceil(self.width / self.tile_width)
+        # Offsets are loaded lazily by tifffile; materialise them once, outside the worker threads.
+        self.offsets = tuple(page.dataoffsets)  # type: ignore[attr-defined]
+        self.counts = tuple(page.databytecounts)  # type: ignore[attr-defined]
+        self.jpegtables = getattr(page, "jpegtables", None)
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def decode(self, ty: int, tx: int) -> np.ndarray:
+        """Tile (row ``ty``, column ``tx``) as (tile_height, tile_width, samples), edge tiles unclipped."""
+        i = ty * self.across + tx
+        data = os.pread(self.fd, self.counts[i], self.offsets[i])
+        arr = self.page.decode(data, i, jpegtables=self.jpegtables)[0]  # type: ignore[attr-defined]
+        return arr.reshape(self.tile_height, self.tile_width, -1)
+
+    def read(self, x0: int, y0: int, width: int, height: int, samples: list[int]) -> np.ndarray:
+        """A tile-aligned window (x0, y0 multiples of the tile size) with the given 0-based samples."""
+        out = np.empty((height, width, len(samples)), self.page.dtype)  # type: ignore[attr-defined]
+        for ty in range(y0 // self.tile_height, math.ceil((y0 + height) / self.tile_height)):
+            for tx in range(x0 // self.tile_width, math.ceil((x0 + width) / self.tile_width)):
+                tile = self.decode(ty, tx)
+                ys, xs = ty * self.tile_height - y0, tx * self.tile_width - x0
+                h = min(self.tile_height, height - ys)
+                w = min(self.tile_width, width - xs)
+                out[ys : ys + h, xs : xs + w] = tile[:h, :w, samples]
+        return out
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self._tif.close()  # type: ignore[attr-defined]
+
+
+def open_direct(
+    path: Path, level: int, width: int, height: int, dtype: np.dtype, samples: int
+) -> DirectTiles | None:
+    """``DirectTiles`` for pyramid level ``level`` (0 = full resolution) if it can be decoded directly."""
+    try:
+        import tifffile
+
+        with open(path, "rb") as f:
+            if f.read(2) not in (b"II", b"MM"):
+                return None
+        tif = tifffile.TiffFile(path)
+        levels = tif.series[0].levels
+        if level >= len(levels):
+            return None
+        page = levels[level].keyframe
+        if (
+            not page.is_tiled
+            or page.planarconfig != tifffile.PLANARCONFIG.CONTIG
+            or (page.imagewidth, page.imagelength) != (width, height)
+            or page.dtype != dtype
+            or page.samplesperpixel != samples
+            or page.tiledepth != 1
+        ):
+            return None
+        direct = DirectTiles(path, page, tif)
+        direct.decode(0, 0)  # proves the codec is available here
+        return direct
+    except Exception:  # any surprise means "not for the fast path", never a failure
+        return None
