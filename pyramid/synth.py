@@ -13,10 +13,13 @@ on how the rows are chunked.
 from __future__ import annotations
 
 import json
+import operator
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +33,18 @@ from rasterio.windows import Window
 
 __all__ = ["PlantedObject", "SceneInfo", "load_scene_info", "synthesize_scene"]
 
-BLOCK = 512  # GeoTIFF tile size; also the unit of rendering
-_CLASS_CELL = 128  # land-cover grid spacing in px (a power of two: see _field_rows)
+_BLOCK = 512  # GeoTIFF tile size; also the unit of rendering
+_CLASS_CELL = 128  # land-cover grid spacing in px (powers of two: see _linear_rows)
+_CLASS_PRE = 4  # land cover: exact bicubic to 32-px knots, then bilinear (smooth, row-local)
 _COARSE = 8  # the coarse land-cover octave has cells of _COARSE * _CLASS_CELL px
 _TEX_CELL = 8  # texture grid spacing in px
 _GAP = 4  # minimum free pixels between planted objects (keeps them apart after JPEG)
-_NOISE = 4  # sensor noise is uniform in [-_NOISE, _NOISE - 1]
+_NOISE = 4  # sensor noise (luminance) is uniform in [-_NOISE, _NOISE - 1]
+_LAND_LEVELS = 254  # land-cover levels 0..253 of the colour table; 254, 255 are roads
 
 # Land cover, ordered along the low-frequency field so that neighbours in value are plausible
 # neighbours on the ground: (share of the area, dark RGB, light RGB, texture amplitude, tint).
-_LAND_COVER: tuple[tuple[float, tuple[int, ...], tuple[int, ...], float, tuple[float, ...]], ...]
-_LAND_COVER = (
+_LAND_COVER: tuple[tuple[float, tuple[int, ...], tuple[int, ...], float, tuple[float, ...]], ...] = (
     (0.12, (22, 48, 72), (48, 86, 108), 3.0, (1.0, 1.0, 1.0)),  # water
     (0.33, (38, 70, 34), (84, 112, 58), 20.0, (0.8, 1.0, 0.6)),  # vegetation
     (0.35, (138, 124, 86), (196, 176, 126), 10.0, (1.0, 1.0, 1.0)),  # fields
@@ -93,119 +97,164 @@ class SceneInfo:
     objects: tuple[PlantedObject, ...]
 
 
-def _field_rows(grid: np.ndarray, cell: int, y0: int, y1: int, width: int) -> np.ndarray:
-    """Rows ``[y0, y1)`` of ``grid`` upsampled ``cell`` times (bicubic), cropped to ``width``.
+def _cubic(a: np.ndarray, factor: int, start: int, stop: int, axis: int) -> np.ndarray:
+    """Samples ``[start, stop)`` of ``a`` upsampled ``factor`` times along ``axis`` (float32).
 
-    Only the grid rows around the slice are resized, with a halo wider than the 4-tap kernel;
-    because ``cell`` is a power of two, cv2's pixel-centre mapping is the same for every
-    slice, so any chunking yields exactly the rows of one whole-grid resize.
+    Same kernel (A = -0.75), pixel-centre alignment and edge clamping as cv2's INTER_CUBIC, but
+    every output is the same fixed 4-term sum whatever slice is asked for; cv2's own cubic
+    resize is not row-local (its results differ by 1 LSB at the edges of the requested rows).
     """
-    g0 = max(y0 // cell - 3, 0)
-    g1 = min(-(-y1 // cell) + 3, grid.shape[0])
-    sub = grid[g0:g1]
-    rows = cv2.resize(sub, (sub.shape[1], sub.shape[0] * cell), interpolation=cv2.INTER_CUBIC)
-    rows = rows[y0 - g0 * cell : y1 - g0 * cell]
-    out = cv2.resize(rows, (rows.shape[1] * cell, y1 - y0), interpolation=cv2.INTER_CUBIC)
-    out = out[:, :width]
-    if out.dtype != np.uint8:  # float grids: clip the cubic overshoot, then quantise once
-        out = np.clip(out, 0, 255, out=out).astype(np.uint8)
+    pos = (np.arange(start, stop) + 0.5) / factor - 0.5
+    i = np.floor(pos).astype(np.intp)
+    t, u = pos - i, 1.0 - (pos - i)
+    k = -0.75  # cv2's kernel parameter
+    w0 = ((k * (t + 1) - 5 * k) * (t + 1) + 8 * k) * (t + 1) - 4 * k
+    w1 = ((k + 2) * t - (k + 3)) * t * t + 1
+    w2 = ((k + 2) * u - (k + 3)) * u * u + 1
+    shape = [1] * a.ndim
+    shape[axis] = -1
+    out = np.zeros([*a.shape[:axis], stop - start, *a.shape[axis + 1 :]], dtype=np.float32)
+    for j, w in enumerate((w0, w1, w2, 1.0 - w0 - w1 - w2)):
+        taps = np.take(a, np.clip(i - 1 + j, 0, a.shape[axis] - 1), axis=axis)
+        out += taps * w.astype(np.float32).reshape(shape)
     return out
 
 
-def _stretch(a: np.ndarray) -> np.ndarray:
-    """Scale to [0, 255] (float32)."""
-    lo, hi = float(a.min()), float(a.max())
-    return ((a - lo) * np.float32(255.0 / max(hi - lo, 1e-6))).astype(np.float32)
+def _linear_rows(grid: np.ndarray, cell: int, y0: int, y1: int, width: int) -> np.ndarray:
+    """Rows ``[y0, y1)`` of integer ``grid`` upsampled ``cell`` times (bilinear), cropped to ``width``.
+
+    cv2's INTER_LINEAR on 8/16-bit images is bit-exact fixed point and row-local, and with a
+    power-of-two ``cell`` the pixel-centre mapping of a slice of grid rows (with a halo) is the
+    whole grid's, so any chunking yields exactly the rows of one whole-grid resize.
+    """
+    g0 = max(y0 // cell - 2, 0)
+    g1 = min(-(-y1 // cell) + 2, grid.shape[0])
+    sub = grid[g0:g1]
+    out = cv2.resize(sub, (sub.shape[1] * cell, sub.shape[0] * cell), interpolation=cv2.INTER_LINEAR)
+    return out[y0 - g0 * cell : y1 - g0 * cell, :width]  # a view; callers work on it in place
 
 
 def _octaves(rng: np.random.Generator, shape: tuple[int, int], factor: int, w: float) -> np.ndarray:
-    """Random grid of ``shape`` plus a ``factor``-times coarser random grid upsampled onto it."""
+    """Random grid of ``shape`` plus a ``factor``-times coarser random grid upsampled onto it,
+    stretched to [0, 1] (float32)."""
     ch, cw = -(-shape[0] // factor) + 1, -(-shape[1] // factor) + 1
     coarse = rng.random((ch, cw), dtype=np.float32)
     coarse = cv2.resize(coarse, (cw * factor, ch * factor), interpolation=cv2.INTER_CUBIC)
-    fine = rng.random(shape, dtype=np.float32)
-    return _stretch(w * coarse[: shape[0], : shape[1]] + (1.0 - w) * fine)
+    # In place: for a 27k-px scene the texture grid alone is 47 MB of float32.
+    grid = rng.random(shape, dtype=np.float32)
+    grid *= (1.0 - w) / w
+    grid += coarse[: shape[0], : shape[1]]
+    del coarse
+    grid -= grid.min()
+    grid *= 1.0 / max(float(grid.max()), 1e-6)
+    return grid
 
 
 class _Renderer:
     """Everything needed to render any block row; all randomness is drawn up front from
-    ``seed`` except the per-block-row noise, which is seeded by ``(seed, row index)``."""
+    ``seed`` except the per-block-row noise, which is seeded by ``(seed, row index)``.
+
+    A pixel is one gather from a 65,536-entry RGBX table indexed by a uint16 whose high byte is
+    the land-cover level (or a road) and whose low byte is 5 bits of texture + 3 bits of noise,
+    so the per-pixel work is two resizes, a few bit operations and the gather.
+    """
 
     def __init__(self, width: int, height: int, seed: int, objects: tuple[PlantedObject, ...]):
         self.width, self.height, self.seed = width, height, seed
-        rng = np.random.default_rng([seed, 1])
-        # Land-cover field: a coarse octave (lakes, towns) plus detail at _CLASS_CELL.
+        # Land-cover field: a coarse octave (lakes, towns) plus detail at _CLASS_CELL, in
+        # table levels x 256 (the fraction keeps the interpolation smooth); levels above
+        # _LAND_LEVELS - 1 are reserved for roads.
         shape = (-(-height // _CLASS_CELL) + 1, -(-width // _CLASS_CELL) + 1)
-        self.cover = _octaves(rng, shape, _COARSE, 0.7)
+        cover = _octaves(np.random.default_rng([seed, 1]), shape, _COARSE, 0.7)
+        self.cover = cover * np.float32((_LAND_LEVELS - 1) * 256)
         # Texture (canopy, roofs, furrows) at _TEX_CELL plus a 4x coarser octave; 1 byte/cell.
         shape = (-(-height // _TEX_CELL) + 1, -(-width // _TEX_CELL) + 1)
-        self.texture = _octaves(np.random.default_rng([seed, 2]), shape, 4, 0.5).astype(np.uint8)
-        self.table = self._colour_table(self.cover)
+        texture = _octaves(np.random.default_rng([seed, 2]), shape, 4, 0.5)
+        self.texture = np.rint(np.multiply(texture, 255, out=texture), out=texture).astype(np.uint8)
+        del texture
+        self.table = _colour_table(cover * (_LAND_LEVELS - 1))
         self.roads = _roads(np.random.default_rng([seed, 3]), width, height)
         self.boxes = np.array([o.pixel_box for o in objects], dtype=np.int64).reshape(-1, 4)
         rgb = [(*_COLORS[o.color], 255) for o in objects]
         self.rgbx = np.array(rgb, dtype=np.uint8).reshape(-1, 4)
 
-    @staticmethod
-    def _colour_table(cover: np.ndarray) -> np.ndarray:
-        """RGBX lookup (packed uint32) indexed by ``cover << 8 | texture``: one gather per pixel.
-
-        Class thresholds are quantiles of the cover grid, so every scene has every class in
-        about the planned shares. The noise bias is folded in here so that adding unsigned
-        noise in [0, 2*_NOISE) gives zero-mean noise.
-        """
-        shares = np.cumsum([c[0] for c in _LAND_COVER])[:-1]
-        cuts = np.concatenate([[0.0], np.quantile(cover, shares), [256.0]])
-        level = np.arange(256, dtype=np.float32)
-        cls = np.clip(np.searchsorted(cuts, level, side="right") - 1, 0, len(_LAND_COVER) - 1)
-        tex = (np.arange(256, dtype=np.float32) - 127.5) / 127.5
-        table = np.empty((256, 256, 4), dtype=np.uint8)
-        for k, (_, dark, light, amp, tint) in enumerate(_LAND_COVER):
-            sel = cls == k
-            frac = (level[sel] - cuts[k]) / max(cuts[k + 1] - cuts[k], 1.0)
-            base = np.asarray(dark) + frac[:, None] * (np.asarray(light) - np.asarray(dark))
-            rgb = base[:, None, :] + tex[None, :, None] * amp * np.asarray(tint)
-            table[sel, :, :3] = np.clip(np.round(rgb) - _NOISE, 0, 255)
-        table[..., 3] = 255
-        return table.reshape(-1).view(np.uint32)
+    def _cover_rows(self, y0: int, y1: int) -> np.ndarray:
+        """uint16 land-cover field for rows ``[y0, y1)``: bicubic in y, bicubic to 32-px knots in
+        x, then cv2 bilinear (cheap per pixel); clipping before the bilinear step also keeps
+        the cubic overshoot out of the road levels."""
+        rows = _cubic(self.cover, _CLASS_CELL, y0, y1, axis=0)
+        knots = _cubic(rows, _CLASS_PRE, 0, rows.shape[1] * _CLASS_PRE, axis=1)
+        knots = np.rint(np.clip(knots, 0, (_LAND_LEVELS - 1) * 256 + 255, out=knots), out=knots)
+        knots16 = knots.astype(np.uint16)
+        size = (knots16.shape[1] * (_CLASS_CELL // _CLASS_PRE), y1 - y0)  # x only: rows stay put
+        return cv2.resize(knots16, size, interpolation=cv2.INTER_LINEAR)[:, : self.width]
 
     def render(self, row: int) -> np.ndarray:
         """Block row ``row`` as a ``(rows, width, 4)`` RGBX uint8 array (pixel interleaved)."""
-        y0, y1, w = row * BLOCK, min((row + 1) * BLOCK, self.height), self.width
-        cover = _field_rows(self.cover, _CLASS_CELL, y0, y1, w)
-        texture = _field_rows(self.texture, _TEX_CELL, y0, y1, w)
-        # Little-endian (texture, cover) byte pairs are the uint16 index cover << 8 | texture.
-        index = cv2.merge([texture, cover]).view(np.uint16)[..., 0]
-        img = np.take(self.table, index).view(np.uint8).reshape(y1 - y0, w, 4)
-        for x0, x1, rgb in self.roads[0]:
-            img[:, x0:x1, :3] = rgb
-        for r0, r1, rgb in self.roads[1]:
+        y0, y1, w = row * _BLOCK, min((row + 1) * _BLOCK, self.height), self.width
+        index = self._cover_rows(y0, y1)
+        np.bitwise_and(index, 0xFF00, out=index)
+        low = _linear_rows(self.texture, _TEX_CELL, y0, y1, w)
+        np.bitwise_and(low, 0xF8, out=low)
+        noise = np.random.default_rng([self.seed, 4, row]).integers(0, 256, low.shape, dtype=np.uint8)
+        np.bitwise_and(noise, 7, out=noise)
+        np.bitwise_or(low, noise, out=low)
+        np.bitwise_or(index, low, out=index)
+        for x0, x1, level in self.roads[0]:
+            band = index[:, x0:x1]
+            np.bitwise_or(np.bitwise_and(band, 0xFF, out=band), level << 8, out=band)
+        for r0, r1, level in self.roads[1]:
             if r0 < y1 and r1 > y0:
-                img[max(r0, y0) - y0 : min(r1, y1) - y0, :, :3] = rgb
-        noise = np.random.default_rng([self.seed, 4, row]).integers(
-            0, 256, img.shape, dtype=np.uint8
-        )
-        np.bitwise_and(noise, 2 * _NOISE - 1, out=noise)
-        flat = img.reshape(y1 - y0, -1)
-        cv2.add(flat, noise.reshape(flat.shape), dst=flat)  # saturating
+                band = index[max(r0, y0) - y0 : min(r1, y1) - y0]
+                np.bitwise_or(np.bitwise_and(band, 0xFF, out=band), level << 8, out=band)
+        img = np.take(self.table, index).view(np.uint8).reshape(y1 - y0, w, 4)
         hit = (self.boxes[:, 1] < y1) & (self.boxes[:, 3] > y0)
         for (bx0, by0, bx1, by1), rgbx in zip(self.boxes[hit], self.rgbx[hit], strict=True):
             img[max(by0, y0) - y0 : min(by1, y1) - y0, bx0:bx1] = rgbx
         return img
 
 
-_Road = tuple[int, int, tuple[int, int, int]]
+def _colour_table(cover: np.ndarray) -> np.ndarray:
+    """The packed-RGBX uint32 lookup table, indexed ``level << 8 | texture << 3 | noise``.
+
+    Class thresholds are quantiles of the cover grid (in level units), so every scene shows
+    every class in about the planned shares; colour ramps from dark to light within a class.
+    """
+    shares = np.cumsum([c[0] for c in _LAND_COVER])[:-1]
+    cuts = np.concatenate([[0.0], np.quantile(cover, shares), [float(_LAND_LEVELS)]])
+    level = np.arange(256, dtype=np.float64)
+    tex = (np.arange(32) + 0.5) / 16.0 - 1.0  # [-1, 1]
+    noise = np.arange(8) - _NOISE  # [-4, 3]
+    base = np.empty((256, 3))
+    amp, tint = np.empty(256), np.empty((256, 3))
+    for k, (_, dark, light, a, t) in enumerate(_LAND_COVER):
+        sel = (level >= cuts[k]) & (level < cuts[k + 1])
+        frac = (level[sel] - cuts[k]) / max(cuts[k + 1] - cuts[k], 1.0)
+        base[sel] = np.add(dark, frac[:, None] * np.subtract(light, dark))
+        amp[sel], tint[sel] = a, t
+    for i, rgb in enumerate(_ROAD_RGB):
+        base[_LAND_LEVELS + i], amp[_LAND_LEVELS + i], tint[_LAND_LEVELS + i] = rgb, 3.0, 1.0
+    rgb = (
+        base[:, None, None, :]
+        + (amp[:, None] * tint)[:, None, None, :] * tex[None, :, None, None]
+        + noise[None, None, :, None]
+    )
+    table = np.full((256, 32, 8, 4), 255, dtype=np.uint8)
+    table[..., :3] = np.clip(np.round(rgb), 0, 255)
+    return table.reshape(-1).view(np.uint32)
 
 
-def _roads(rng: np.random.Generator, width: int, height: int) -> tuple[list[_Road], list[_Road]]:
-    """Straight vertical and horizontal roads, a few px wide, every 0.5-2 km or so."""
+def _roads(
+    rng: np.random.Generator, width: int, height: int
+) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """Straight vertical and horizontal roads, 3-7 px wide, every 350-1100 m or so:
+    (start, stop, table level) for columns and for rows."""
 
-    def lines(extent: int) -> list[_Road]:
+    def lines(extent: int) -> list[tuple[int, int, int]]:
         out, pos = [], int(rng.integers(100, 900))
         while pos < extent:
-            thick = int(rng.integers(3, 8))
-            rgb = _ROAD_RGB[int(rng.integers(0, 2))]
-            out.append((pos, min(pos + thick, extent), tuple(v - _NOISE for v in rgb)))
+            thick, kind = int(rng.integers(3, 8)), int(rng.integers(len(_ROAD_RGB)))
+            out.append((pos, min(pos + thick, extent), _LAND_LEVELS + kind))
             pos += int(rng.integers(700, 2200))
         return out
 
@@ -256,7 +305,7 @@ def _place_objects(
 
 
 def _map_box(t: Affine, box: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
-    xs, ys = zip(*(t * (x, y) for x in (box[0], box[2]) for y in (box[1], box[3])), strict=True)
+    xs, ys = zip(*(t @ (x, y) for x in (box[0], box[2]) for y in (box[1], box[3])), strict=True)
     return (float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys)))
 
 
@@ -268,8 +317,8 @@ def _profile(width: int, height: int, compress: str) -> dict[str, Any]:
         "count": 3,
         "dtype": "uint8",
         "tiled": True,
-        "blockxsize": BLOCK,
-        "blockysize": BLOCK,
+        "blockxsize": _BLOCK,
+        "blockysize": _BLOCK,
         "interleave": "pixel",
         "BIGTIFF": "IF_SAFER",
         "NUM_THREADS": "2",
@@ -299,18 +348,21 @@ def synthesize_scene(
     compress: str = "jpeg",
     progress: bool = False,
 ) -> SceneInfo:
-    """Write a synthetic scene to ``out`` (tiled GeoTIFF) and its sidecar ``out.with_suffix('.json')``.
+    """Write a synthetic scene to ``out`` (tiled GeoTIFF) plus its JSON sidecar (``.json`` suffix).
 
     ``size`` is N (square) or (width, height). The transform is north-up with ``pixel_size``
     and upper-left corner ``origin``; with ``georeferenced=False`` neither CRS nor transform is
     written. ``n_objects`` defaults to about one per megapixel of the placement region
     (``objects_in``, an x0, y0, x1, y1 pixel box, or the whole image), clamped to [3, 2000].
     """
-    width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    width, height = (size, size) if isinstance(size, int | np.integer) else size
+    width, height = operator.index(width), operator.index(height)
     if width < 1 or height < 1:
         raise ValueError(f"size must be positive, got {size!r}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if not pixel_size > 0:
+        raise ValueError(f"pixel_size must be > 0, got {pixel_size}")
     path = Path(out).resolve()
     sidecar = path.with_suffix(".json")
     if sidecar == path:
@@ -321,16 +373,15 @@ def synthesize_scene(
     rx0, ry0, rx1, ry1 = (int(v) for v in region)
     if not (0 <= rx0 < rx1 <= width and 0 <= ry0 < ry1 <= height):
         raise ValueError(f"objects_in {region} is not a box inside the {width}x{height} image")
-    if min(rx1 - rx0, ry1 - ry0) < 8:
-        raise ValueError(f"objects_in {region} is too small for an object (8 px minimum)")
     required = n_objects is not None
-    if n_objects is None:
-        n_objects = min(max(round((rx1 - rx0) * (ry1 - ry0) / 1e6), 3), 2000)
+    fits = min(rx1 - rx0, ry1 - ry0) >= 8  # the smallest object side
+    if n_objects is None:  # as many as fit, up to the default
+        n_objects = min(max(round((rx1 - rx0) * (ry1 - ry0) / 1e6), 3), 2000) if fits else 0
     elif n_objects < 0:
         raise ValueError(f"n_objects must be >= 0, got {n_objects}")
-    placed = _place_objects(
-        np.random.default_rng([seed, 5]), (rx0, ry0, rx1, ry1), n_objects, required
-    )
+    elif n_objects and not fits:
+        raise ValueError(f"{region} is too small for an object (8 px minimum)")
+    placed = _place_objects(np.random.default_rng([seed, 5]), (rx0, ry0, rx1, ry1), n_objects, required)
 
     transform = Affine(pixel_size, 0.0, origin[0], 0.0, -pixel_size, origin[1])
     crs_name: str | None = None
@@ -346,6 +397,7 @@ def synthesize_scene(
     )
 
     renderer = _Renderer(width, height, seed, objects)
+    sidecar.unlink(missing_ok=True)  # a sidecar only ever describes a complete image
     _write(path, profile, renderer, progress)
     info = SceneInfo(
         path=path,
@@ -353,36 +405,31 @@ def synthesize_scene(
         width=width,
         height=height,
         crs=crs_name,
-        transform=tuple(float(v) for v in transform[:6]),  # type: ignore[arg-type]
+        transform=(transform.a, transform.b, transform.c, transform.d, transform.e, transform.f),
         seed=seed,
         objects=objects,
     )
-    sidecar.write_text(json.dumps(_to_json(info), indent=1) + "\n")
+    sidecar.write_text(_dumps(_to_json(info)))
     return info
 
 
 def _write(path: Path, profile: dict[str, Any], renderer: _Renderer, progress: bool) -> None:
     """Stream block rows into the GeoTIFF; the next row is rendered in a worker thread while
     GDAL encodes the current one (numpy, cv2 and GDAL all release the GIL)."""
-    n_rows = -(-renderer.height // BLOCK)
-    advance: Callable[[], None] = lambda: None  # noqa: E731
-    bar = None
-    if progress:
-        from rich.console import Console
-        from rich.progress import Progress
+    n_rows = -(-renderer.height // _BLOCK)
+    with ExitStack() as stack:
+        # A small block cache bounds memory: the default (5% of RAM) could hold GBs of tiles.
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=64))
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # GDAL's, for georeferenced=False
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+        advance: Callable[[], None] = lambda: None  # noqa: E731
+        if progress:
+            from rich.console import Console
+            from rich.progress import Progress
 
-        bar = Progress(console=Console(stderr=True), transient=True)
-        task = bar.add_task(f"synthesizing {path.name}", total=n_rows)
-        advance = lambda: bar.advance(task)  # noqa: E731
-    # A small block cache bounds memory: the default (5% of RAM) could hold a gigabyte of tiles.
-    with (
-        rasterio.Env(GDAL_CACHEMAX=192),
-        warnings.catch_warnings(),
-        ThreadPoolExecutor(max_workers=1) as pool,
-    ):
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        if bar is not None:
-            bar.start()
+            bar = stack.enter_context(Progress(console=Console(stderr=True)))
+            advance = partial(bar.advance, bar.add_task(f"synthesizing {path.name}", total=n_rows))
         try:
             with rasterio.open(path, "w", **profile) as dst:
                 pending = pool.submit(renderer.render, 0)
@@ -390,14 +437,14 @@ def _write(path: Path, profile: dict[str, Any], renderer: _Renderer, progress: b
                     img = pending.result()
                     if row + 1 < n_rows:
                         pending = pool.submit(renderer.render, row + 1)
-                    y0 = row * BLOCK
                     # Strided (3, rows, width) view of RGBX: rasterio hands the strides to GDAL.
-                    dst.write(img.transpose(2, 0, 1)[:3], window=Window(0, y0, *img.shape[1::-1]))
+                    window = Window(0, row * _BLOCK, img.shape[1], img.shape[0])
+                    dst.write(img.transpose(2, 0, 1)[:3], window=window)
                     del img
                     advance()
-        finally:
-            if bar is not None:
-                bar.stop()
+        except BaseException:
+            path.unlink(missing_ok=True)  # never leave a truncated scene behind
+            raise
 
 
 def _to_json(info: SceneInfo) -> dict[str, Any]:
@@ -424,6 +471,24 @@ def _to_json(info: SceneInfo) -> dict[str, Any]:
     }
 
 
+def _dumps(d: dict[str, Any]) -> str:
+    """JSON with one line per field and per object: readable, and diff-friendly."""
+    lines = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in d.items() if k != "objects"]
+    objects = "".join(f"\n  {json.dumps(o)}," for o in d["objects"]).rstrip(",")
+    lines.append(f' "objects": [{objects}\n ]' if objects else ' "objects": []')
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def _ints4(v: Any) -> tuple[int, int, int, int]:
+    a, b, c, d = (int(x) for x in v)
+    return (a, b, c, d)
+
+
+def _floats4(v: Any) -> tuple[float, float, float, float]:
+    a, b, c, d = (float(x) for x in v)
+    return (a, b, c, d)
+
+
 def load_scene_info(sidecar: str | Path) -> SceneInfo:
     """Read a sidecar written by :func:`synthesize_scene` back into a :class:`SceneInfo`."""
     sidecar = Path(sidecar).resolve()
@@ -434,20 +499,21 @@ def load_scene_info(sidecar: str | Path) -> SceneInfo:
                 id=int(o["id"]),
                 category=str(o["category"]),
                 color=str(o["color"]),
-                pixel_box=tuple(int(v) for v in o["pixel_box"]),  # type: ignore[arg-type]
-                map_box=None if o["map_box"] is None else tuple(float(v) for v in o["map_box"]),  # type: ignore[arg-type]
+                pixel_box=_ints4(o["pixel_box"]),
+                map_box=None if o["map_box"] is None else _floats4(o["map_box"]),
             )
             for o in d["objects"]
         )
+        a, b, c, e, f, g = (float(x) for x in d["transform"])
         return SceneInfo(
-            path=sidecar.parent / d["path"],
+            path=sidecar.parent / str(d["path"]),
             sidecar_path=sidecar,
             width=int(d["width"]),
             height=int(d["height"]),
-            crs=d["crs"],
-            transform=tuple(float(v) for v in d["transform"]),  # type: ignore[arg-type]
+            crs=None if d["crs"] is None else str(d["crs"]),
+            transform=(a, b, c, e, f, g),
             seed=int(d["seed"]),
             objects=objects,
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{sidecar}: not a synthetic-scene sidecar ({e!r})") from e
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{sidecar}: not a synthetic-scene sidecar ({err!r})") from err

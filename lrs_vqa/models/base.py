@@ -1,0 +1,191 @@
+"""Model adapters: turn pyramid tiles into vision tokens tagged with where they came from, and build the
+prompt the decoder loop runs. One adapter class per family, selected by ``config.model_type``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lrs_vqa.engine.decoder import DecoderLoop, PrefillInputs
+from lrs_vqa.engine.flops import LayerShape
+from pyramid.dip import Tile
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint's architecture has no adapter."""
+
+
+@dataclass(frozen=True)
+class TokenMeta:
+    """Per vision token: which tile/level it came from and its level-0 pixel box (NaN for newline rows)."""
+
+    tile: torch.Tensor  # (n,) long; index into the tiles given to encode, -1 for newline markers
+    level: torch.Tensor  # (n,) long; pyramid level index (-1 = thumbnail)
+    boxes: torch.Tensor  # (n, 4) float32 level-0 x0, y0, x1, y1
+    newline: torch.Tensor  # (n,) bool
+
+    @staticmethod
+    def cat(parts: Sequence[TokenMeta]) -> TokenMeta:
+        return TokenMeta(
+            torch.cat([p.tile for p in parts]),
+            torch.cat([p.level for p in parts]),
+            torch.cat([p.boxes for p in parts]),
+            torch.cat([p.newline for p in parts]),
+        )
+
+    def __len__(self) -> int:
+        return int(self.tile.numel())
+
+    def select(self, index: torch.Tensor) -> TokenMeta:
+        return TokenMeta(self.tile[index], self.level[index], self.boxes[index], self.newline[index])
+
+
+@dataclass
+class VisionSegment:
+    """Encoded tokens of one group of tiles, in the order they enter the LLM."""
+
+    embeds: torch.Tensor  # (n, d) in the LLM's embedding space
+    meta: TokenMeta
+    images_encoded: int  # vision-encoder inputs (for FLOPs)
+    qwen_grids: list[tuple[int, int, int]] | None = None  # per encoded image (t, h, w), Qwen-VL only
+    qwen_keep: torch.Tensor | None = None  # Qwen-VL: which of the full-grid tokens survive unpadding
+
+
+@dataclass
+class EncodedPrompt:
+    inputs: PrefillInputs
+    meta: TokenMeta  # aligned with the vision rows of ``inputs`` (inputs.vision.nonzero())
+    text_tokens: int
+    images_encoded: int
+
+
+def token_boxes(tile: Tile, grid_h: int, grid_w: int, tile_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Level-0 boxes of a ``grid_h × grid_w`` token grid laid over the tile padded to ``tile_size``²
+    (bottom/right padding), and which tokens touch real pixels (padding-only tokens are dropped)."""
+    lb, b0 = tile.level_box, tile.box
+    sx = b0.width / max(lb.width, 1)
+    sy = b0.height / max(lb.height, 1)
+    cw, ch = tile_size / grid_w, tile_size / grid_h
+    xs = np.arange(grid_w) * cw
+    ys = np.arange(grid_h) * ch
+    x0 = np.minimum(xs, lb.width)
+    x1 = np.minimum(xs + cw, lb.width)
+    y0 = np.minimum(ys, lb.height)
+    y1 = np.minimum(ys + ch, lb.height)
+    valid = (x1 > x0)[None, :] & (y1 > y0)[:, None]
+    boxes = np.stack(
+        np.broadcast_arrays(
+            (b0.x0 + x0 * sx)[None, :],
+            (b0.y0 + y0 * sy)[:, None],
+            (b0.x0 + x1 * sx)[None, :],
+            (b0.y0 + y1 * sy)[:, None],
+        ),
+        axis=-1,
+    ).reshape(-1, 4)
+    return torch.from_numpy(boxes.astype(np.float32)), torch.from_numpy(valid.reshape(-1))
+
+
+def to_pil(tile: Tile, tile_size: int, fill: tuple[int, int, int]) -> Image.Image:
+    return Image.fromarray(tile.padded(tile_size, fill))
+
+
+class ModelAdapter:
+    """Base class; subclasses fill in the family specifics."""
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    family: ClassVar[str] = ""
+
+    def __init__(
+        self, model: torch.nn.Module, processor: object, *, source: str, random_weights: bool
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer  # type: ignore[attr-defined]
+        self.source = source
+        self.random_weights = random_weights
+        self.text_model = model.model.language_model
+        self.decoder = DecoderLoop(self.text_model, model.lm_head, mrope=self.mrope)
+
+    mrope: ClassVar[bool] = False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # -- to implement -------------------------------------------------------------------------------
+    @property
+    def tile_size(self) -> int:
+        """Pixel size of one tile as the vision encoder wants it (the pyramid's tile size)."""
+        raise NotImplementedError
+
+    def encode_tiles(self, tiles: Sequence[Tile], *, newlines: bool, level: int) -> VisionSegment:
+        raise NotImplementedError
+
+    def build_prompt(self, question: str, segments: Sequence[VisionSegment]) -> EncodedPrompt:
+        raise NotImplementedError
+
+    def stock_prompt(
+        self, image: Image.Image, question: str
+    ) -> tuple[EncodedPrompt, dict[str, torch.Tensor]]:
+        """The model's own processing of ``image`` (its fixed grid), as a prompt for our decoder loop,
+        plus the processor outputs a stock forward would take."""
+        raise NotImplementedError
+
+    def vision_shape(self) -> tuple[LayerShape, int]:
+        """The vision encoder's layer shape and the patch tokens per encoded image."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------------------
+    def llm_shape(self) -> LayerShape:
+        cfg = self.text_model.config
+        return LayerShape(cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers)
+
+    def chat_ids(self, question: str) -> list[int]:
+        """Token ids of the chat prompt with exactly one image placeholder."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)  # type: ignore[attr-defined]
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def instruction_mask(self, ids: Sequence[int], question: str, start: int) -> torch.Tensor:
+        """Mark the question's own tokens (searched after ``start``) as instruction rows."""
+        q = list(self.tokenizer(question, add_special_tokens=False).input_ids)
+        mask = torch.zeros(len(ids), dtype=torch.bool)
+        for i in range(start, len(ids) - len(q) + 1):
+            if list(ids[i : i + len(q)]) == q:
+                mask[i : i + len(q)] = True
+                return mask
+        mask[start:] = True  # fall back to everything after the image
+        return mask
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return [eos] if isinstance(eos, int) else list(eos or [])
+
+    @property
+    def suppress_token_ids(self) -> list[int]:
+        return list(getattr(self.model.generation_config, "suppress_tokens", None) or [])
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(
+            [i for i in ids if i not in self.eos_token_ids], skip_special_tokens=True
+        ).strip()
+
+
+def grid_side(n: int) -> int:
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"{n} vision tokens do not form a square grid")
+    return side

@@ -1,0 +1,177 @@
+"""LLaVA-1.5, LLaVA-NeXT and LLaVA-OneVision: a CLIP/SigLIP tower, an MLP projector and (NeXT/OneVision)
+a learned ``image_newline`` row marker, over a LLaMA or Qwen2 decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lrs_vqa.engine.decoder import PrefillInputs
+from lrs_vqa.engine.flops import LayerShape
+from lrs_vqa.models.base import (
+    EncodedPrompt,
+    ModelAdapter,
+    TokenMeta,
+    VisionSegment,
+    grid_side,
+    to_pil,
+    token_boxes,
+)
+from pyramid.dip import Tile
+from pyramid.levels import PixelBox
+
+
+class LlavaAdapter(ModelAdapter):
+    model_types: ClassVar[tuple[str, ...]] = ("llava", "llava_next", "llava_onevision")
+    family: ClassVar[str] = "llava"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        cfg = self.model.config
+        self.image_token_id: int = cfg.image_token_id
+        self.feature_layer = cfg.vision_feature_layer
+        self.select_strategy: str = cfg.vision_feature_select_strategy
+        self.image_size: int = cfg.vision_config.image_size
+        ip = self.processor.image_processor  # type: ignore[attr-defined]
+        self.mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(ip.image_std, dtype=torch.float32).view(3, 1, 1)
+        self.fill = tuple(round(m * 255) for m in ip.image_mean)
+        self.newline_embed: torch.nn.Parameter | None = getattr(self.model.model, "image_newline", None)
+
+    @property
+    def tile_size(self) -> int:
+        return self.image_size
+
+    def _pixels(self, tiles: Sequence[Tile]) -> torch.Tensor:
+        batch = []
+        for tile in tiles:
+            img = to_pil(tile, self.tile_size, self.fill)
+            if img.size != (self.image_size, self.image_size):
+                img = img.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+            arr = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1) / 255.0
+            batch.append((arr - self.mean) / self.std)
+        return torch.stack(batch).to(self.device, self.dtype)
+
+    @torch.inference_mode()
+    def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tower → selected layer(s) → (drop CLS) → projector: (N, tokens, d). The stock modules, in the
+        order ``get_image_features`` uses them, for one square input per tile."""
+        out = self.model.model.vision_tower(pixel_values, output_hidden_states=True)
+        layers = self.feature_layer if isinstance(self.feature_layer, list) else [self.feature_layer]
+        feats = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
+        if self.select_strategy == "default":
+            feats = feats[:, 1:]
+        return self.model.model.multi_modal_projector(feats)
+
+    def encode_tiles(self, tiles: Sequence[Tile], *, newlines: bool, level: int) -> VisionSegment:
+        if not tiles:
+            raise ValueError("no tiles to encode")
+        feats = self._features(self._pixels(tiles))
+        g = grid_side(feats.shape[1])
+        use_newline = newlines and self.newline_embed is not None
+        # Raster order over the level's token grid: token row i of tile row r is global row r*g + i.
+        rows: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        per_tile = []
+        for t_idx, tile in enumerate(tiles):
+            boxes, valid = token_boxes(tile, g, g, self.tile_size)
+            per_tile.append((boxes, valid))
+            for i in range(g):
+                rows.setdefault((tile.key.row, i), []).append((tile.key.col, t_idx))
+        embeds, tile_ids, box_rows, newline_flags = [], [], [], []
+        d = feats.shape[-1]
+        for r, i in sorted(rows):
+            emitted = False
+            for _col, t_idx in sorted(rows[(r, i)]):
+                boxes, valid = per_tile[t_idx]
+                sel = torch.nonzero(valid[i * g : (i + 1) * g]).flatten() + i * g
+                if sel.numel() == 0:
+                    continue
+                embeds.append(feats[t_idx, sel.to(feats.device)])
+                tile_ids.append(torch.full((sel.numel(),), t_idx))
+                box_rows.append(boxes[sel])
+                newline_flags.append(torch.zeros(sel.numel(), dtype=torch.bool))
+                emitted = True
+            if emitted and use_newline:
+                assert self.newline_embed is not None
+                embeds.append(self.newline_embed.view(1, d).to(feats))
+                tile_ids.append(torch.tensor([-1]))
+                box_rows.append(torch.full((1, 4), float("nan")))
+                newline_flags.append(torch.ones(1, dtype=torch.bool))
+        tile_t = torch.cat(tile_ids)
+        meta = TokenMeta(
+            tile_t, torch.full_like(tile_t, level), torch.cat(box_rows), torch.cat(newline_flags)
+        )
+        return VisionSegment(torch.cat(embeds), meta, images_encoded=len(tiles))
+
+    def _assemble(
+        self, ids: list[int], question: str, vision: torch.Tensor, meta: TokenMeta, images: int
+    ) -> EncodedPrompt:
+        p = ids.index(self.image_token_id)
+        n = vision.shape[0]
+        full = ids[:p] + [self.image_token_id] * n + ids[p + 1 :]
+        input_ids = torch.tensor([full], device=self.device)
+        with torch.inference_mode():
+            embeds = self.text_model.embed_tokens(input_ids).clone()
+            embeds[0, p : p + n] = vision.to(embeds)
+        is_vision = torch.zeros(len(full), dtype=torch.bool)
+        is_vision[p : p + n] = True
+        inputs = PrefillInputs(
+            embeds=embeds,
+            position_ids=torch.arange(len(full), device=self.device)[None],
+            vision=is_vision,
+            instruction=self.instruction_mask(full, question, p + n),
+            next_position=len(full),
+        )
+        return EncodedPrompt(inputs, meta, text_tokens=len(full) - n, images_encoded=images)
+
+    def build_prompt(self, question: str, segments: Sequence[VisionSegment]) -> EncodedPrompt:
+        vision = torch.cat([s.embeds for s in segments])
+        meta = TokenMeta.cat([s.meta for s in segments])
+        return self._assemble(
+            self.chat_ids(question), question, vision, meta, sum(s.images_encoded for s in segments)
+        )
+
+    def processor_inputs(self, image: Image.Image, question: str) -> dict[str, torch.Tensor]:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)  # type: ignore[attr-defined]
+        inputs = self.processor(images=[image], text=text, return_tensors="pt")  # type: ignore[operator]
+        return {
+            k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+            for k, v in inputs.items()
+        }
+
+    def stock_prompt(
+        self, image: Image.Image, question: str, image_box: PixelBox | None = None
+    ) -> tuple[EncodedPrompt, dict[str, torch.Tensor]]:
+        inputs = self.processor_inputs(image, question)
+        kwargs = {k: inputs[k] for k in ("pixel_values", "image_sizes") if k in inputs}
+        with torch.inference_mode():
+            feats = self.model.model.get_image_features(**kwargs).pooler_output
+        vision = (
+            torch.cat(list(feats)) if isinstance(feats, list | tuple) else feats.reshape(-1, feats.shape[-1])
+        )
+        ids = inputs["input_ids"][0].tolist()
+        p = ids.index(self.image_token_id)
+        n = vision.shape[0]
+        # The processor already expanded the placeholder: collapse it back to one, then re-expand.
+        ids = ids[:p] + ids[p + n - 1 :] if n > 1 else ids
+        box = image_box or PixelBox(0, 0, image.width, image.height)
+        meta = TokenMeta(
+            torch.zeros(n, dtype=torch.long),
+            torch.full((n,), -2, dtype=torch.long),
+            torch.tensor([box.as_list()], dtype=torch.float32).expand(n, 4).clone(),
+            torch.zeros(n, dtype=torch.bool),
+        )
+        images = int(inputs["pixel_values"].shape[1]) if inputs["pixel_values"].ndim == 5 else 1
+        return self._assemble(ids, question, vision, meta, images), inputs
+
+    def vision_shape(self) -> tuple[LayerShape, int]:
+        vc = self.model.config.vision_config
+        patches = (vc.image_size // vc.patch_size) ** 2 + (1 if vc.model_type == "clip_vision_model" else 0)
+        return LayerShape(
+            vc.hidden_size, vc.intermediate_size, vc.num_hidden_layers, gated_mlp=False
+        ), patches

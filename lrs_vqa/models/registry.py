@@ -1,0 +1,85 @@
+"""The one registry of model adapters, and loading a checkpoint from a hub id or a local path."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from lrs_vqa.models.base import ModelAdapter, UnsupportedModelError
+from lrs_vqa.models.llava import LlavaAdapter
+from lrs_vqa.models.qwen2_vl import Qwen2VLAdapter
+
+ADAPTERS: dict[str, type[ModelAdapter]] = {}
+
+
+def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+    for model_type in cls.model_types:
+        if model_type in ADAPTERS:
+            raise KeyError(f"model type {model_type!r} already has an adapter")
+        ADAPTERS[model_type] = cls
+    return cls
+
+
+register_adapter(LlavaAdapter)
+register_adapter(Qwen2VLAdapter)
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The checkpoint could not be found or loaded (offline, bad path, ...)."""
+
+
+def _model_type(source: str) -> str:
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        hint = (
+            "" if Path(source).exists() else " (no local folder of that name; hub downloads need a network)"
+        )
+        raise ModelLoadError(f"cannot load model {source!r}: {first}{hint}") from None
+    return cfg.model_type
+
+
+def load_adapter(source: str, *, device: str = "cpu", dtype: str = "float32") -> ModelAdapter:
+    """Load a checkpoint (hub id or local folder) with stock ``transformers`` and wrap it in its adapter."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from lrs_vqa.engine.taps import TAP_ATTENTION
+    from lrs_vqa.tiny import is_random_tiny_model
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    model_type = _model_type(source)
+    adapter_cls = ADAPTERS.get(model_type)
+    if adapter_cls is None:
+        raise UnsupportedModelError(
+            f"model type {model_type!r} is not supported; supported: {', '.join(sorted(ADAPTERS))}"
+        )
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, dtype=DTYPES[dtype], attn_implementation=TAP_ATTENTION
+        ).to(device)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelLoadError(f"cannot load model {source!r}: {first}") from None
+    random_weights = os.path.isdir(source) and is_random_tiny_model(source)
+    return adapter_cls(model, processor, source=source, random_weights=random_weights)
+
+
+def describe_supported() -> str:
+    return json.dumps(sorted(ADAPTERS))
