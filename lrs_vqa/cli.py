@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 EXIT_BAD_INPUT = 2
 
@@ -174,6 +174,88 @@ def preview(
     err.print(f"wrote {destination}")
 
 
+@app.command("make-tiny-model")
+def make_tiny_model_cmd(
+    destination: Annotated[Path, typer.Argument(help="Folder for the checkpoint.")],
+    family: Annotated[str, typer.Option(help="llava_onevision | llava | qwen2_vl")] = "llava_onevision",
+    seed: Annotated[int, typer.Option(help="Random seed of the weights.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Write a tiny RANDOM checkpoint (standard layout) for tests and offline demos: its answers are
+    meaningless."""
+    from lrs_vqa.tiny import FAMILIES, make_tiny_model
+
+    if family not in FAMILIES:
+        raise UsageError(f"--family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    info = make_tiny_model(destination, family, seed=seed, overwrite=overwrite)
+    err.print(
+        f"wrote a tiny random {info.family} checkpoint ({info.num_parameters:,} parameters) to {info.path}; "
+        "its answers are meaningless"
+    )
+
+
+@app.command()
+def ask(
+    image: Annotated[Path, typer.Argument(help="A raster: GeoTIFF/COG, PNG, JPEG or any GDAL format.")],
+    question: Annotated[str, typer.Argument(help="The question, in quotes.")],
+    model: Annotated[str, typer.Option(help="Hub id or local checkpoint folder.")] = "",
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
+    strategy: Annotated[str, typer.Option(help="global | anyres | tiles-all")] = "global",
+    level: Annotated[
+        int | None, typer.Option(help="tiles-all: pyramid level (0 = coarse, -1 = native).")
+    ] = None,
+    max_vision_tokens: Annotated[int, typer.Option(help="tiles-all: refuse above this.")] = 16384,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit, tokens.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON record with statistics.")] = False,
+    evidence: Annotated[
+        Path | None, typer.Option(help="Write the tiles that were read as GeoJSON to this file.")
+    ] = None,
+    bands: Annotated[str | None, typer.Option(help="1-based R,G,B band indexes, e.g. 3,2,1.")] = None,
+) -> None:
+    """Answer a question about an image; print the answer (or a JSON record)."""
+    from lrs_vqa.answer import DEFAULT_MODEL, AskOptions, answer
+    from lrs_vqa.evidence import write_evidence
+    from pyramid.dip import PyramidOptions
+
+    options = AskOptions(
+        strategy=strategy,
+        level=level,
+        max_vision_tokens=max_vision_tokens,
+        max_new_tokens=max_new_tokens,
+        pyramid=PyramidOptions(bands=_parse_bands(bands)),
+    )
+    record = answer(
+        image, question, model=model or DEFAULT_MODEL, device=device, dtype=dtype, options=options
+    )
+    if evidence is not None:
+        write_evidence(record, evidence)
+    if as_json:
+        print(json.dumps(record.to_dict(), indent=1))
+        return
+    if record.random_weights:
+        err.print("[random tiny model: the answer below is meaningless]", style="bold red", markup=False)
+    print(record.answer)
+    s = record.stats
+    err.print(
+        f"{s.vision_tokens_encoded} vision tokens encoded, {s.tokens_into_llm} tokens into the LLM, "
+        f"{s.tflops_total:.4g} TFLOPs, {s.seconds['total']:.2f} s, {s.tiles_read} tiles read"
+    )
+
+
+def _engine_errors() -> tuple[type[Exception], ...]:
+    """Engine errors a user causes (bad model, bad strategy settings); imported only when needed."""
+    import sys as _sys
+
+    if "lrs_vqa.answer" not in _sys.modules:
+        return ()
+    from lrs_vqa.answer import StrategyError
+    from lrs_vqa.models.base import UnsupportedModelError
+    from lrs_vqa.models.registry import ModelLoadError
+
+    return (StrategyError, UnsupportedModelError, ModelLoadError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the Typer app and maps expected failures to exit code 2."""
     try:
@@ -181,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="lrs-vqa")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except (RasterInputError, UsageError, FileExistsError) as exc:
+    except (RasterInputError, UsageError, FileExistsError, *_engine_errors()) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         return EXIT_BAD_INPUT
     return 0

@@ -143,7 +143,7 @@ class DecoderLoop:
                 recorder = TapRecorder({id(layer.self_attn): k}, {k: fixed_rows(rows)})
                 with recording(recorder):
                     hidden = self._layer(layer, hidden, cos, sin, cache)
-                taps[k] = TapResult(rows, recorder.results[k])
+                taps[k] = TapResult(rows, recorder.result(k)[0])
             else:
                 hidden = self._layer(layer, hidden, cos, sin, cache)
             tokens.append(hidden.shape[1])

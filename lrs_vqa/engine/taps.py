@@ -32,14 +32,21 @@ RowSelector = Callable[[int, int], torch.Tensor]
 class TapRecorder:
     """Which modules to tap (by identity) and the rows captured from them.
 
-    ``requests[key]`` is a row selector; after the forward, ``results[key]`` holds fp32 attention
-    probabilities of shape (rows, keys) when ``head_mean`` else (heads, rows, keys).
+    ``requests[key]`` is a row selector; after the forward, ``result(key)`` holds fp32 attention
+    probabilities of shape (batch, rows, keys) when ``head_mean`` else (batch, heads, rows, keys). A module
+    called several times in one forward (Qwen-VL's vision attention runs once per image) contributes one
+    batch entry per call.
     """
 
     module_keys: dict[int, object] = field(default_factory=dict)  # id(attention module) -> key
     requests: dict[object, RowSelector] = field(default_factory=dict)
     head_mean: bool = True
-    results: dict[object, torch.Tensor] = field(default_factory=dict)
+    parts: dict[object, list[torch.Tensor]] = field(default_factory=dict)
+
+    def result(self, key: object) -> torch.Tensor:
+        if key not in self.parts:
+            raise KeyError(f"nothing was captured for {key!r}")
+        return torch.cat(self.parts[key], dim=0)
 
     def capture(
         self,
@@ -71,8 +78,8 @@ class TapRecorder:
             absolute = rows + (kv_len - q_len)
             future = torch.arange(kv_len, device=query.device)[None, :] > absolute[:, None]
             logits = logits.masked_fill(future, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)[0]  # batch size 1
-        self.results[tap_key] = probs.mean(0) if self.head_mean else probs
+        probs = torch.softmax(logits, dim=-1)
+        self.parts.setdefault(tap_key, []).append(probs.mean(1) if self.head_mean else probs)
 
 
 def tap_attention_forward(

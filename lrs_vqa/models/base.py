@@ -3,8 +3,9 @@ prompt the decoder loop runs. One adapter class per family, selected by ``config
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -14,6 +15,8 @@ from PIL import Image
 
 from lrs_vqa.engine.decoder import DecoderLoop, PrefillInputs
 from lrs_vqa.engine.flops import LayerShape
+from lrs_vqa.engine.hooks import VisionHook
+from lrs_vqa.engine.taps import RowSelector, TapRecorder, recording
 from pyramid.dip import Tile
 
 
@@ -53,6 +56,7 @@ class VisionSegment:
     embeds: torch.Tensor  # (n, d) in the LLM's embedding space
     meta: TokenMeta
     images_encoded: int  # vision-encoder inputs (for FLOPs)
+    tokens_encoded: int = 0  # tokens the encoder produced for these tiles, before any selection
     qwen_grids: list[tuple[int, int, int]] | None = None  # per encoded image (t, h, w), Qwen-VL only
     qwen_keep: torch.Tensor | None = None  # Qwen-VL: which of the full-grid tokens survive unpadding
 
@@ -128,8 +132,34 @@ class ModelAdapter:
         """Pixel size of one tile as the vision encoder wants it (the pyramid's tile size)."""
         raise NotImplementedError
 
-    def encode_tiles(self, tiles: Sequence[Tile], *, newlines: bool, level: int) -> VisionSegment:
+    def encode_tiles(
+        self, tiles: Sequence[Tile], *, newlines: bool, level: int, hooks: Sequence[VisionHook] = ()
+    ) -> VisionSegment:
         raise NotImplementedError
+
+    def vision_attention_modules(self) -> list[torch.nn.Module]:
+        """The vision encoder's attention modules, first layer first (for taps)."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def vision_taps(self, hooks: Sequence[VisionHook]) -> Iterator[dict[int, torch.Tensor]]:
+        """Capture the encoder attention rows the hooks ask for; the dict fills in when the block exits."""
+        requests: dict[int, RowSelector] = {}
+        for hook in hooks:
+            requests.update(hook.vision_tap_rows())
+        captured: dict[int, torch.Tensor] = {}
+        if not requests:
+            yield captured
+            return
+        modules = self.vision_attention_modules()
+        resolved = {(k if k >= 0 else len(modules) + k): sel for k, sel in requests.items()}
+        recorder = TapRecorder({id(modules[k]): k for k in resolved}, dict(resolved))
+        with recording(recorder):
+            yield captured
+        for k in resolved:
+            captured[k] = recorder.result(k)
+        for k in requests:  # also reachable under the negative index the hook used
+            captured[k] = captured[k if k >= 0 else len(modules) + k]
 
     def build_prompt(self, question: str, segments: Sequence[VisionSegment]) -> EncodedPrompt:
         raise NotImplementedError

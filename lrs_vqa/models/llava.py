@@ -12,6 +12,7 @@ from PIL import Image
 
 from lrs_vqa.engine.decoder import PrefillInputs
 from lrs_vqa.engine.flops import LayerShape
+from lrs_vqa.engine.hooks import VisionContext, VisionHook, apply_selection
 from lrs_vqa.models.base import (
     EncodedPrompt,
     ModelAdapter,
@@ -56,56 +57,81 @@ class LlavaAdapter(ModelAdapter):
             batch.append((arr - self.mean) / self.std)
         return torch.stack(batch).to(self.device, self.dtype)
 
+    def vision_attention_modules(self) -> list[torch.nn.Module]:
+        tower = self.model.model.vision_tower
+        encoder = tower.vision_model.encoder if hasattr(tower, "vision_model") else tower.encoder
+        return [layer.self_attn for layer in encoder.layers]
+
     @torch.inference_mode()
-    def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Tower → selected layer(s) → (drop CLS) → projector: (N, tokens, d). The stock modules, in the
-        order ``get_image_features`` uses them, for one square input per tile."""
+    def _encoder_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tower → selected layer(s) → (drop CLS): (N, tokens, d_vision). The stock modules, in the order
+        ``get_image_features`` uses them, for one square input per tile."""
         out = self.model.model.vision_tower(pixel_values, output_hidden_states=True)
         layers = self.feature_layer if isinstance(self.feature_layer, list) else [self.feature_layer]
         feats = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
-        if self.select_strategy == "default":
-            feats = feats[:, 1:]
-        return self.model.model.multi_modal_projector(feats)
+        return feats[:, 1:] if self.select_strategy == "default" else feats
 
-    def encode_tiles(self, tiles: Sequence[Tile], *, newlines: bool, level: int) -> VisionSegment:
+    def encode_tiles(
+        self, tiles: Sequence[Tile], *, newlines: bool, level: int, hooks: Sequence[VisionHook] = ()
+    ) -> VisionSegment:
         if not tiles:
             raise ValueError("no tiles to encode")
-        feats = self._features(self._pixels(tiles))
+        with self.vision_taps(hooks) as taps:
+            feats = self._encoder_features(self._pixels(tiles))
         g = grid_side(feats.shape[1])
-        use_newline = newlines and self.newline_embed is not None
-        # Raster order over the level's token grid: token row i of tile row r is global row r*g + i.
-        rows: dict[tuple[int, int], list[tuple[int, int]]] = {}
-        per_tile = []
-        for t_idx, tile in enumerate(tiles):
-            boxes, valid = token_boxes(tile, g, g, self.tile_size)
-            per_tile.append((boxes, valid))
-            for i in range(g):
-                rows.setdefault((tile.key.row, i), []).append((tile.key.col, t_idx))
-        embeds, tile_ids, box_rows, newline_flags = [], [], [], []
-        d = feats.shape[-1]
-        for r, i in sorted(rows):
-            emitted = False
-            for _col, t_idx in sorted(rows[(r, i)]):
-                boxes, valid = per_tile[t_idx]
-                sel = torch.nonzero(valid[i * g : (i + 1) * g]).flatten() + i * g
-                if sel.numel() == 0:
-                    continue
-                embeds.append(feats[t_idx, sel.to(feats.device)])
-                tile_ids.append(torch.full((sel.numel(),), t_idx))
-                box_rows.append(boxes[sel])
-                newline_flags.append(torch.zeros(sel.numel(), dtype=torch.bool))
-                emitted = True
-            if emitted and use_newline:
-                assert self.newline_embed is not None
-                embeds.append(self.newline_embed.view(1, d).to(feats))
-                tile_ids.append(torch.tensor([-1]))
-                box_rows.append(torch.full((1, 4), float("nan")))
-                newline_flags.append(torch.ones(1, dtype=torch.bool))
-        tile_t = torch.cat(tile_ids)
-        meta = TokenMeta(
-            tile_t, torch.full_like(tile_t, level), torch.cat(box_rows), torch.cat(newline_flags)
+        # Raster order over the level's token grid: token row i of tile row r is global row r*g + i;
+        # tokens that cover only padding are dropped (the reference's bottom/right unpadding).
+        per_tile = [token_boxes(tile, g, g, self.tile_size) for tile in tiles]
+        order = sorted(
+            (tile.key.row * g + i, tile.key.col, t_idx, i * g + j)
+            for t_idx, tile in enumerate(tiles)
+            for i in range(g)
+            for j in range(g)
+            if per_tile[t_idx][1][i * g + j]
         )
-        return VisionSegment(torch.cat(embeds), meta, images_encoded=len(tiles))
+        tile_idx = torch.tensor([o[2] for o in order])
+        tok_idx = torch.tensor([o[3] for o in order])
+        boxes = torch.stack(
+            [per_tile[t][0][k] for t, k in zip(tile_idx.tolist(), tok_idx.tolist(), strict=True)]
+        )
+        meta = TokenMeta(
+            tile_idx, torch.full_like(tile_idx, level), boxes, torch.zeros_like(tile_idx, dtype=torch.bool)
+        )
+        ctx = VisionContext(level, tok_idx, tile_idx, (g, g), taps)
+        flat = feats[tile_idx.to(feats.device), tok_idx.to(feats.device)]
+        for hook in hooks:
+            flat, meta, ctx = apply_selection(hook.after_encoder(flat, meta, ctx), flat, meta, ctx)
+        with torch.inference_mode():
+            embeds = self.model.model.multi_modal_projector(flat)
+        for hook in hooks:
+            embeds, meta, ctx = apply_selection(hook.after_projector(embeds, meta, ctx), embeds, meta, ctx)
+        if newlines and self.newline_embed is not None:
+            embeds, meta = self._with_newlines(embeds, meta, ctx, tiles, g)
+        return VisionSegment(
+            embeds, meta, images_encoded=len(tiles), tokens_encoded=int(feats.shape[0] * feats.shape[1])
+        )
+
+    def _with_newlines(
+        self, embeds: torch.Tensor, meta: TokenMeta, ctx: VisionContext, tiles: Sequence[Tile], g: int
+    ) -> tuple[torch.Tensor, TokenMeta]:
+        """Insert ``image_newline`` after each global token row that still has tokens."""
+        assert self.newline_embed is not None
+        tile_rows = torch.tensor([tiles[t].key.row for t in ctx.tile_index.tolist()])
+        row_key = tile_rows * g + ctx.token_index // g
+        ends = torch.nonzero(torch.cat([row_key[1:] != row_key[:-1], torch.tensor([True])])).flatten()
+        newline = self.newline_embed.view(1, -1).to(embeds)
+        parts, metas, start = [], [], 0
+        nl_meta = TokenMeta(
+            torch.tensor([-1]),
+            meta.level[:1].clone(),
+            torch.full((1, 4), float("nan")),
+            torch.ones(1, dtype=torch.bool),
+        )
+        for end in ends.tolist():
+            parts += [embeds[start : end + 1], newline]
+            metas += [meta.select(torch.arange(start, end + 1)), nl_meta]
+            start = end + 1
+        return torch.cat(parts), TokenMeta.cat(metas)
 
     def _assemble(
         self, ids: list[int], question: str, vision: torch.Tensor, meta: TokenMeta, images: int
@@ -175,3 +201,8 @@ class LlavaAdapter(ModelAdapter):
         return LayerShape(
             vc.hidden_size, vc.intermediate_size, vc.num_hidden_layers, gated_mlp=False
         ), patches
+
+    @property
+    def tokens_per_tile(self) -> int:
+        vc = self.model.config.vision_config
+        return (vc.image_size // vc.patch_size) ** 2

@@ -14,6 +14,7 @@ from PIL import Image
 
 from lrs_vqa.engine.decoder import PrefillInputs
 from lrs_vqa.engine.flops import LayerShape
+from lrs_vqa.engine.hooks import VisionContext, VisionHook, apply_selection
 from lrs_vqa.models.base import EncodedPrompt, ModelAdapter, TokenMeta, VisionSegment, to_pil, token_boxes
 from pyramid.dip import Tile
 from pyramid.levels import PixelBox
@@ -54,27 +55,52 @@ class Qwen2VLAdapter(ModelAdapter):
         ).pooler_output
         return list(feats)
 
-    def encode_tiles(self, tiles: Sequence[Tile], *, newlines: bool, level: int) -> VisionSegment:
+    def vision_attention_modules(self) -> list[torch.nn.Module]:
+        return [block.attn for block in self.model.model.visual.blocks]
+
+    def encode_tiles(
+        self, tiles: Sequence[Tile], *, newlines: bool, level: int, hooks: Sequence[VisionHook] = ()
+    ) -> VisionSegment:
         if not tiles:
             raise ValueError("no tiles to encode")
         inputs = self._image_inputs([to_pil(t, self.tile_size, self.fill) for t in tiles])
-        feats = self._features(inputs)
+        with self.vision_taps(hooks) as taps:
+            feats = self._features(inputs)
+        full = torch.cat(feats)
         grids = [tuple(int(v) for v in g) for g in inputs["image_grid_thw"].tolist()]
-        tile_ids, boxes, keep = [], [], []
+        tile_ids, tok_ids, boxes, valid = [], [], [], []
         for t_idx, (tile, (_t, gh, gw)) in enumerate(zip(tiles, grids, strict=True)):
-            b, valid = token_boxes(tile, gh // self.merge, gw // self.merge, self.tile_size)
+            b, v = token_boxes(tile, gh // self.merge, gw // self.merge, self.tile_size)
             tile_ids.append(torch.full((b.shape[0],), t_idx))
+            tok_ids.append(torch.arange(b.shape[0]))
             boxes.append(b)
-            keep.append(valid)
-        tile_t = torch.cat(tile_ids)
-        meta = TokenMeta(
-            tile_t,
-            torch.full_like(tile_t, level),
-            torch.cat(boxes),
-            torch.zeros_like(tile_t, dtype=torch.bool),
+            valid.append(v)
+        tile_t, tok_t, valid_t = torch.cat(tile_ids), torch.cat(tok_ids), torch.cat(valid)
+        meta_full = TokenMeta(
+            tile_t, torch.full_like(tile_t, level), torch.cat(boxes), torch.zeros_like(valid_t)
         )
+        offsets = torch.tensor([0] + [f.shape[0] for f in feats]).cumsum(0)
+        # Hooks see the real (non-padding) tokens; the merger already projected them into the LLM space.
+        idx = torch.nonzero(valid_t).flatten()
+        _t, gh, gw = grids[0]
+        ctx = VisionContext(level, tok_t[idx], tile_t[idx], (gh // self.merge, gw // self.merge), taps)
+        flat, meta = full[idx.to(full.device)], meta_full.select(idx)
+        for hook in hooks:
+            flat, meta, ctx = apply_selection(hook.after_encoder(flat, meta, ctx), flat, meta, ctx)
+        for hook in hooks:
+            flat, meta, ctx = apply_selection(hook.after_projector(flat, meta, ctx), flat, meta, ctx)
+        survivors = offsets[ctx.tile_index] + ctx.token_index
+        keep = torch.zeros_like(valid_t)
+        keep[survivors] = True
+        full = full.clone()
+        full[survivors.to(full.device)] = flat  # merged tokens replace their representatives
         return VisionSegment(
-            torch.cat(feats), meta, images_encoded=len(tiles), qwen_grids=grids, qwen_keep=torch.cat(keep)
+            full,
+            meta_full,
+            images_encoded=len(tiles),
+            tokens_encoded=int(full.shape[0]),
+            qwen_grids=grids,
+            qwen_keep=keep,
         )
 
     def _assemble(
@@ -178,3 +204,12 @@ class Qwen2VLAdapter(ModelAdapter):
         gated = vc.model_type == "qwen2_5_vl"
         patches = (self.tile_size // self.patch) ** 2
         return LayerShape(hidden, ffn, vc.depth, gated_mlp=gated), patches
+
+    @property
+    def tokens_per_tile(self) -> int:
+        unit = self.patch * self.merge
+        side = self.tile_size
+        max_pixels = self.processor.image_processor.size.get("longest_edge") or side * side  # type: ignore[attr-defined]
+        if side * side > max_pixels:  # the processor shrinks the tile to fit its pixel budget
+            side = int((max_pixels**0.5) // unit * unit)
+        return (side // unit) ** 2

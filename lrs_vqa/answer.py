@@ -1,0 +1,221 @@
+"""``answer()``: one question about one image, end to end. The CLI, the app and the benchmark call it.
+
+Strategies (the baselines every comparison needs; the coarse-to-fine loop plugs in beside them):
+
+* ``global``    — the global thumbnail only (one tile, long side = the encoder's input size);
+* ``anyres``    — the model's own fixed-grid processing of the coarse level (long side ~3 tiles), like the
+                  paper's anyres-pX baselines: whatever the checkpoint's processor does with that image;
+* ``tiles-all`` — the thumbnail plus every tile of one pyramid level, refused above ``max_vision_tokens``.
+"""
+
+from __future__ import annotations
+
+import functools
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from lrs_vqa.engine.decoder import LayerHook
+from lrs_vqa.engine.flops import flops_report
+from lrs_vqa.engine.hooks import VisionHook
+from lrs_vqa.models.base import EncodedPrompt, ModelAdapter, TokenMeta, VisionSegment
+from lrs_vqa.records import AnswerRecord, RunStats, TileRecord
+from pyramid.dip import DynamicImagePyramid, PyramidOptions, Tile
+from pyramid.levels import PyramidSpec
+
+DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+STRATEGIES = ("global", "anyres", "tiles-all")
+
+
+class StrategyError(ValueError):
+    """A strategy cannot run with these settings (e.g. too many tokens); one-line message."""
+
+
+@dataclass(frozen=True)
+class AskOptions:
+    strategy: str = "global"
+    level: int | None = None  # tiles-all: pyramid level index (negative from native); default coarse
+    max_vision_tokens: int = 16384  # tiles-all refuses above this
+    max_new_tokens: int = 32
+    pyramid: PyramidOptions = field(default_factory=PyramidOptions)
+
+
+@functools.lru_cache(maxsize=2)
+def get_adapter(source: str, device: str = "cpu", dtype: str = "float32") -> ModelAdapter:
+    """Load once per process (the app and batch runs ask many questions of one model)."""
+    from lrs_vqa.models.registry import load_adapter
+
+    return load_adapter(source, device=device, dtype=dtype)
+
+
+def pyramid_spec_for(adapter: ModelAdapter) -> PyramidSpec:
+    """Tiles at the encoder's input size, a coarse level of about 3×3 tiles, as the paper's DIP."""
+    t = adapter.tile_size
+    return PyramidSpec(tile_size=t, coarse_long_side=3 * t, thumbnail_size=t)
+
+
+@dataclass
+class _Gathered:
+    segments: list[VisionSegment]
+    tiles: list[Tile]
+    roles: list[str]
+    prompt: EncodedPrompt | None = None  # set by strategies that use the model's own processing
+
+
+def _shift(segment: VisionSegment, offset: int) -> VisionSegment:
+    tile = torch.where(segment.meta.tile >= 0, segment.meta.tile + offset, segment.meta.tile)
+    return replace(
+        segment, meta=TokenMeta(tile, segment.meta.level, segment.meta.boxes, segment.meta.newline)
+    )
+
+
+def _gather(
+    adapter: ModelAdapter,
+    dip: DynamicImagePyramid,
+    question: str,
+    options: AskOptions,
+    vision_hooks: Sequence[VisionHook],
+) -> _Gathered:
+    thumb = dip.thumbnail()
+    if options.strategy == "global":
+        seg = adapter.encode_tiles([thumb], newlines=False, level=-1, hooks=vision_hooks)
+        return _Gathered([seg], [thumb], ["thumbnail"])
+    if options.strategy == "anyres":
+        coarse = dip.level_image(0)
+        image = Image.fromarray(coarse.pixels)
+        prompt, _ = adapter.stock_prompt(image, question, image_box=coarse.box)
+        return _Gathered([], [coarse], ["overview"], prompt)
+    if options.strategy == "tiles-all":
+        index = 0 if options.level is None else options.level
+        if not -len(dip.levels) <= index < len(dip.levels):
+            raise StrategyError(
+                f"level {index} does not exist; this image has levels 0..{len(dip.levels) - 1}"
+            )
+        level = dip.levels[index]
+        estimate = (level.num_tiles + 1) * adapter.tokens_per_tile
+        if estimate > options.max_vision_tokens:
+            raise StrategyError(
+                f"tiles-all at level {level.index} ({level.name}, {level.rows}x{level.cols} tiles) would "
+                f"feed "
+                f"~{estimate} vision tokens, above the limit of {options.max_vision_tokens}; "
+                "pick a coarser level or raise --max-vision-tokens"
+            )
+        tiles = list(dip.stream(dip.all_tiles(level.index)))
+        seg0 = adapter.encode_tiles([thumb], newlines=False, level=-1, hooks=vision_hooks)
+        seg1 = adapter.encode_tiles(tiles, newlines=True, level=level.index, hooks=vision_hooks)
+        return _Gathered([seg0, _shift(seg1, 1)], [thumb, *tiles], ["thumbnail"] + ["level"] * len(tiles))
+    raise StrategyError(f"unknown strategy {options.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss"
+
+
+def answer(
+    image: str | Path,
+    question: str,
+    *,
+    model: str | ModelAdapter = DEFAULT_MODEL,
+    device: str = "cpu",
+    dtype: str = "float32",
+    options: AskOptions | None = None,
+    llm_hooks: Sequence[LayerHook] = (),
+    vision_hooks: Sequence[VisionHook] = (),
+) -> AnswerRecord:
+    """Answer ``question`` about ``image`` and report what was read and what it cost."""
+    options = options or AskOptions()
+    if options.strategy not in STRATEGIES:
+        raise StrategyError(f"unknown strategy {options.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if not question.strip():
+        raise StrategyError("the question is empty")
+    adapter = get_adapter(model, device, dtype) if isinstance(model, str) else model
+    if adapter.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(adapter.device)
+    t_start = time.perf_counter()
+    popts = replace(options.pyramid, spec=pyramid_spec_for(adapter))
+    with DynamicImagePyramid.open(image, popts) as dip:
+        t0 = time.perf_counter()
+        gathered = _gather(adapter, dip, question, options, vision_hooks)
+        t_gather = time.perf_counter() - t0
+        image_info = {**dip.info.describe(), "levels": [lvl.describe() for lvl in dip.levels]}
+        tiles_read = dip.stats["tiles_read"]
+    prompt = gathered.prompt or adapter.build_prompt(question, gathered.segments)
+    ids, prefill, t_decode = adapter.decoder.generate(
+        prompt.inputs,
+        llm_hooks,
+        max_new_tokens=options.max_new_tokens,
+        eos_token_ids=adapter.eos_token_ids,
+        suppress_token_ids=adapter.suppress_token_ids,
+    )
+    text = adapter.decode_text(ids)
+    vision_shape, patches = adapter.vision_shape()
+    flops = flops_report(
+        llm=adapter.llm_shape(),
+        vision_tokens_per_layer=prefill.vision_tokens_per_layer,
+        text_tokens=prompt.text_tokens,
+        vision=vision_shape,
+        vision_patches_per_image=patches,
+        images=prompt.images_encoded,
+    )
+    per_tile = torch.bincount(prompt.meta.tile[prompt.meta.tile >= 0], minlength=len(gathered.tiles))
+    if gathered.prompt is not None:  # the model's own processing: all tokens come from the one overview
+        per_tile = torch.tensor([len(prompt.meta)])
+    records = [
+        TileRecord.from_tile(tile, role, int(per_tile[i]))
+        for i, (tile, role) in enumerate(zip(gathered.tiles, gathered.roles, strict=True))
+    ]
+    peak, kind = _peak_memory(adapter.device)
+    vision_in = int(prompt.inputs.vision.sum())
+    encoded = sum(s.tokens_encoded for s in gathered.segments) or vision_in
+    stats = RunStats(
+        vision_tokens_encoded=encoded,
+        tokens_into_llm=prompt.inputs.length,
+        vision_tokens_into_llm=vision_in,
+        text_tokens=prompt.text_tokens,
+        tokens_per_layer=prefill.tokens_per_layer,
+        vision_tokens_per_layer=prefill.vision_tokens_per_layer,
+        avg_vision_tokens_over_layers=sum(prefill.vision_tokens_per_layer)
+        / len(prefill.vision_tokens_per_layer),
+        final_vision_tokens=prefill.vision_tokens_per_layer[-1],
+        images_encoded=prompt.images_encoded,
+        tiles_read=tiles_read,
+        tflops_vision=flops.vision_tflops,
+        tflops_llm_vision_only=flops.llm_vision_tflops,
+        tflops_llm=flops.llm_total_tflops,
+        tflops_total=flops.total_tflops,
+        seconds={
+            "read_and_encode": round(t_gather, 4),
+            "prefill": round(prefill.seconds, 4),
+            "decode": round(t_decode, 4),
+            "total": round(time.perf_counter() - t_start, 4),
+        },
+        peak_memory_mb=round(peak, 1),
+        peak_memory_kind=kind,
+    )
+    return AnswerRecord(
+        question=question,
+        answer=text,
+        model=adapter.source,
+        model_family=adapter.family,
+        random_weights=adapter.random_weights,
+        strategy=options.strategy,
+        image={
+            k: image_info[k] for k in ("path", "width", "height", "bands", "dtype", "crs", "layout", "levels")
+        },
+        tiles=records,
+        stats=stats,
+        generated_tokens=len(ids),
+        settings={
+            "level": options.level,
+            "max_new_tokens": options.max_new_tokens,
+            "device": device,
+            "dtype": dtype,
+        },
+    )
