@@ -51,7 +51,7 @@ class Georef:
     def pixel_polygon_native(self, box: PixelBox) -> Polygon:
         """The box's outline in the native CRS (a rotated transform gives a rotated polygon)."""
         corners = [(box.x0, box.y0), (box.x1, box.y0), (box.x1, box.y1), (box.x0, box.y1)]
-        return Polygon([self.transform * c for c in corners])
+        return Polygon([self.transform @ c for c in corners])
 
     def pixel_box_to_native(self, box: PixelBox) -> tuple[float, float, float, float]:
         minx, miny, maxx, maxy = self.pixel_polygon_native(box).bounds
@@ -60,7 +60,7 @@ class Georef:
     def native_box_to_pixel(self, native: tuple[float, float, float, float]) -> PixelBox:
         """Smallest pixel box covering a native-CRS box (inverse of ``pixel_box_to_native``)."""
         minx, miny, maxx, maxy = native
-        pts = [self._inverse * p for p in ((minx, miny), (maxx, miny), (maxx, maxy), (minx, maxy))]
+        pts = [self._inverse @ p for p in ((minx, miny), (maxx, miny), (maxx, maxy), (minx, maxy))]
         xs = [p[0] for p in pts]
         ys = [p[1] for p in pts]
         return PixelBox(
