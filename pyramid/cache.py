@@ -20,8 +20,8 @@ _SAMPLES = 64
 
 def nbytes_of(value: object) -> int:
     """Bytes held by a cached value (numpy arrays and tuples of them)."""
-    if isinstance(value, np.ndarray):
-        return value.nbytes
+    if isinstance(value, np.ndarray) or hasattr(value, "nbytes"):
+        return int(value.nbytes)  # type: ignore[attr-defined]
     if isinstance(value, tuple):
         return sum(nbytes_of(v) for v in value)
     return 0 if value is None else 64

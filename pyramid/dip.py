@@ -136,7 +136,9 @@ class DynamicImagePyramid:
     # -- read-path selection ------------------------------------------------------------------------
     @property
     def _big(self) -> bool:
-        return self.info.pixels > self.options.cache_min_pixels
+        # libvips knows nothing of nodata and would average it into valid pixels: such files are read
+        # from the source, where GDAL's averaging honours nodata.
+        return self.info.pixels > self.options.cache_min_pixels and self.info.nodata is None
 
     @property
     def coarse_from_cache(self) -> bool:
@@ -204,8 +206,15 @@ class DynamicImagePyramid:
             ovr = self._overview_reader(int(factor))
             if ovr is not None and ovr.width >= level.width and ovr.height >= level.height:
                 return ovr.read(level_box)
-        box0 = level.to_level0(level_box)
-        return self._reader(self._scaled_backing(), None).read_scaled(box0, level_box.width, level_box.height)
+        window = (
+            level_box.x0 * level.factor_x,
+            level_box.y0 * level.factor_y,
+            level_box.width * level.factor_x,
+            level_box.height * level.factor_y,
+        )
+        return self._reader(self._scaled_backing(), None).read_scaled(
+            window, level_box.width, level_box.height
+        )
 
     @property
     def stretch(self) -> Stretch:

@@ -8,6 +8,7 @@ libvips writes no GeoTIFF keys; georeferencing always comes from the source itse
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pyramid.cache import content_key
 from pyramid.errors import CorruptRasterError
 from pyramid.source import RasterInfo
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: padded to a power-of-two multiple
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ def ensure_level_cache(
                 f"libvips sees {image.width}x{image.height}x{image.bands}, GDAL sees "
                 f"{info.width}x{info.height}x{info.count}; cannot build a consistent cache",
             )
+        # libvips halves with floor(): pad right/bottom (edge copies) to a multiple of the deepest factor
+        # so each cache level covers exactly the image and GDAL's overview ratios are exact powers of 2.
+        step = 2 ** max(0, math.ceil(math.log2(max(info.width, info.height) / 256)))
+        padded_w, padded_h = -(-info.width // step) * step, -(-info.height // step) * step
+        if (padded_w, padded_h) != (info.width, info.height):
+            image = image.embed(0, 0, padded_w, padded_h, extend="copy")
         bar = _VipsProgress(image, f"building pyramid cache ({comp})") if progress else None
         try:
             image.tiffsave(

@@ -3,8 +3,11 @@
 Levels follow the LRS-VQA paper's DIP (reference card §2.2) with two deliberate changes:
 
 * power-of-two levels keep their exact size ``floor(W / 2**k)`` instead of being upsampled by up to 31 %
-  to fill whole tiles, so level pixel ``i`` is exactly the average of level-0 pixels ``[i*2**k, (i+1)*2**k)``
-  and can be served straight from a GDAL (ceil-sized) or libvips (floor-sized) overview. The remainder of
+  to fill whole tiles, so level pixel ``i`` stands for level-0 pixels ``[i*2**k, (i+1)*2**k)`` and is
+  served straight from an overview of that factor. It is exactly their mean when the overview was built
+  exactly (``lrs-vqa cog``, the padded libvips cache, or sizes divisible by ``2**k``); GDAL-built overviews
+  of odd-sized images are ceil-sized and resampled with a ratio slightly off 2, and are served as stored.
+  The remainder of
   fewer than ``2**k`` level-0 pixels at the right/bottom edge appears at the finer levels only;
 * the tile grid is ``ceil(size / tile_size)``; edge tiles are *partial* (their level box is clipped to the
   level) and are padded bottom/right only when a model asks for a square tile (``Tile.padded``), as the
@@ -47,6 +50,8 @@ class PixelBox:
         return self.width * self.height
 
     def intersects(self, other: PixelBox) -> bool:
+        if self.area == 0 or other.area == 0:
+            return False
         return self.x0 < other.x1 and other.x0 < self.x1 and self.y0 < other.y1 and other.y0 < self.y1
 
     def clip(self, width: int, height: int) -> PixelBox:
@@ -139,7 +144,10 @@ class Level:
 
     def tiles_covering(self, level0_box: PixelBox) -> list[tuple[int, int]]:
         """Row-major (row, col) of every tile whose level-0 box intersects ``level0_box``."""
-        b = self.from_level0(level0_box.clip(self.source_width, self.source_height))
+        clipped = level0_box.clip(self.source_width, self.source_height)
+        if clipped.area == 0:
+            return []
+        b = self.from_level0(clipped)
         if b.area == 0:
             return []
         t = self.tile_size

@@ -38,6 +38,10 @@ class Region:
     data: np.ndarray
     valid: np.ndarray | None
 
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + (self.valid.nbytes if self.valid is not None else 0)
+
 
 class DatasetPool:
     """One rasterio handle per thread: GDAL datasets must not be shared across threads."""
@@ -172,6 +176,9 @@ class RegionReader:
         if hit is not None:
             return hit
         with self._lock:
+            hit = self.cache.get(key)  # a decode may have finished between the first look and the lock
+            if hit is not None:
+                return hit
             fut = self._inflight.get(key)
             owner = fut is None
             if owner:
@@ -215,10 +222,13 @@ class RegionReader:
         return Region(data, valid)
 
     # -- scaled reads ---------------------------------------------------------------------------------
-    def read_scaled(self, box: PixelBox, out_width: int, out_height: int) -> Region:
-        """``box`` of this raster resampled to ``out_width × out_height`` with area averaging."""
+    def read_scaled(
+        self, window_xywh: tuple[float, float, float, float], out_width: int, out_height: int
+    ) -> Region:
+        """The (fractional) window ``x, y, w, h`` of this raster resampled to ``out_width × out_height``
+        with area averaging. Fractional, so a tile's window is exactly its footprint, not a rounded one."""
         src = self.pool.get()
-        window = Window(box.x0, box.y0, box.width, box.height)
+        window = Window(*window_xywh)
         try:
             chw = src.read(
                 self.indexes,
@@ -232,7 +242,7 @@ class RegionReader:
                 else None
             )
         except RasterioError as exc:
-            raise self._fail(f"scaled window {box.as_list()}", exc) from None
+            raise self._fail(f"scaled window {[round(v, 2) for v in window_xywh]}", exc) from None
         data = np.ascontiguousarray(chw.transpose(1, 2, 0))
         return Region(data, self._validity(data, gmask))
 

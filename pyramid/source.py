@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import stat
 import threading
@@ -166,6 +167,13 @@ def _check_tiff_complete(path: Path, size: int) -> None:
             for page in tif.pages:
                 offsets = page.dataoffsets  # type: ignore[union-attr]
                 counts = page.databytecounts  # type: ignore[union-attr]
+                expected = math.prod(page.chunked)  # type: ignore[union-attr]
+                if len(offsets) != expected:
+                    raise CorruptRasterError(
+                        path,
+                        f"TIFF header declares {page.imagewidth}x{page.imagelength} px "  # type: ignore[union-attr]
+                        f"but holds {len(offsets)} of the {expected} strips/tiles that needs",
+                    )
                 if offsets and max(o + c for o, c in zip(offsets, counts, strict=False)) > size:
                     raise CorruptRasterError(path, "TIFF is truncated: pixel data ends past the file")
     except RasterInputError:
@@ -205,8 +213,8 @@ def inspect_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         if width * height > max_pixels:
             raise RasterTooLargeError(
                 p,
-                f"declares {width}x{height} = {width * height / 1e9:.2f} Gpx, above the limit of "
-                f"{max_pixels / 1e9:.2f} Gpx (raise max_pixels if this is genuine)",
+                f"declares {width}x{height} = {width * height:,} px, above the limit of "
+                f"{max_pixels:,} px (raise max_pixels if this is genuine)",
             )
         if count > 1024:
             raise RasterTooLargeError(p, f"declares {count} bands, above the limit of 1024")
