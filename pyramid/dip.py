@@ -198,14 +198,21 @@ class DynamicImagePyramid:
         return self._reader(path, factors.index(factor))
 
     # -- pixels -----------------------------------------------------------------------------------------
-    def _read_level_source(self, level: Level, level_box: PixelBox) -> Region:
+    def _block_reader(self, level: Level) -> RegionReader | None:
+        """The reader that serves this level straight from blocks (native or an exact overview), if any."""
         if level.is_native:
-            return self._native_reader().read(level_box)
+            return self._native_reader()
         factor = level.factor_x
         if factor == level.factor_y and factor.is_integer():
             ovr = self._overview_reader(int(factor))
             if ovr is not None and ovr.width >= level.width and ovr.height >= level.height:
-                return ovr.read(level_box)
+                return ovr
+        return None
+
+    def _read_level_source(self, level: Level, level_box: PixelBox) -> Region:
+        reader = self._block_reader(level)
+        if reader is not None:
+            return reader.read(level_box)
         window = (
             level_box.x0 * level.factor_x,
             level_box.y0 * level.factor_y,
@@ -298,20 +305,37 @@ class DynamicImagePyramid:
                 self._executor = ThreadPoolExecutor(self.options.workers, thread_name_prefix="dip")
             executor = self._executor
         pending: deque[Future[Tile]] = deque()
+        warming: deque[Future[None]] = deque()
+        queued_blocks: set[tuple[int, int, int]] = set()
+
+        def submit(key: TileKey) -> None:
+            # Decode the tile's blocks as their own tasks first: adjacent tiles share blocks, so tile
+            # tasks alone would leave one thread waiting on the other's decode.
+            level = self.level(key.level)
+            reader = self._block_reader(level) if key.level != THUMBNAIL else None
+            if reader is not None:
+                for bi, bj in reader.blocks_for(level.tile_level_box(key.row, key.col)):
+                    if (key.level, bi, bj) not in queued_blocks:
+                        queued_blocks.add((key.level, bi, bj))
+                        warming.append(executor.submit(reader.warm, bi, bj))
+            pending.append(executor.submit(self.tile, key.level, key.row, key.col))
+
         it = iter(keys)
         try:
             for key in it:
-                pending.append(executor.submit(self.tile, key.level, key.row, key.col))
+                submit(key)
                 if len(pending) >= prefetch:
                     break
             while pending:
                 fut = pending.popleft()
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.append(executor.submit(self.tile, nxt.level, nxt.row, nxt.col))
+                    submit(nxt)
+                while warming and warming[0].done():
+                    warming.popleft().result()  # surfaces decode errors
                 yield fut.result()
         finally:
-            for fut in pending:  # a consumer that stops early must not leave reads running
+            for fut in (*pending, *warming):  # a consumer that stops early must not leave reads running
                 fut.cancel()
 
     # -- reporting ----------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import shapely
@@ -19,12 +19,20 @@ _EDGE_POINTS = 8
 
 @dataclass(frozen=True)
 class TileGeometry:
-    """Where a tile lies: always in level-0 pixels; in map coordinates when georeferenced."""
+    """Where a tile lies: always in level-0 pixels; in map coordinates when georeferenced.
+
+    The WGS84 polygon is projected on first access: streaming thousands of tiles should not pay for
+    projections nobody reads."""
 
     pixel_box: PixelBox
     native_box: tuple[float, float, float, float] | None = None  # minx, miny, maxx, maxy
     native_crs: str | None = None
-    wgs84: Polygon | None = None  # lon/lat (RFC 7946 order)
+    georef: Georef | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def wgs84(self) -> Polygon | None:
+        """The tile's outline in lon/lat (RFC 7946 order), or None without a CRS."""
+        return self.georef.pixel_box_to_wgs84(self.pixel_box) if self.georef is not None else None
 
 
 class Georef:
@@ -82,5 +90,5 @@ class Georef:
     def tile_geometry(self, box: PixelBox) -> TileGeometry:
         if self.crs is None:
             # A transform without a CRS is still a map box, in an unnamed frame.
-            return TileGeometry(box, self.pixel_box_to_native(box), None, None)
-        return TileGeometry(box, self.pixel_box_to_native(box), self.crs_string, self.pixel_box_to_wgs84(box))
+            return TileGeometry(box, self.pixel_box_to_native(box), None)
+        return TileGeometry(box, self.pixel_box_to_native(box), self.crs_string, self)

@@ -199,6 +199,21 @@ class RegionReader:
             with self._lock:
                 self._inflight.pop(key, None)
 
+    def blocks_for(self, box: PixelBox) -> list[tuple[int, int]]:
+        """The macro blocks a ``read(box)`` touches, row-major."""
+        box = box.clip(self.width, self.height)
+        if box.area == 0:
+            return []
+        return [
+            (bi, bj)
+            for bi in range(box.y0 // self.macro_rows, (box.y1 - 1) // self.macro_rows + 1)
+            for bj in range(box.x0 // self.macro_cols, (box.x1 - 1) // self.macro_cols + 1)
+        ]
+
+    def warm(self, bi: int, bj: int) -> None:
+        """Decode a block into the cache ahead of need (the stream's prefetch)."""
+        self._block(bi, bj)
+
     def read(self, box: PixelBox) -> Region:
         """Pixels of ``box`` (clipped to the raster) at this raster's own resolution."""
         box = box.clip(self.width, self.height)

@@ -45,13 +45,20 @@ class DirectTiles:
     def read(self, x0: int, y0: int, width: int, height: int, samples: list[int]) -> np.ndarray:
         """A tile-aligned window (x0, y0 multiples of the tile size) with the given 0-based samples."""
         out = np.empty((height, width, len(samples)), self.page.dtype)  # type: ignore[attr-defined]
+        # A plain slice when the samples are a contiguous run: fancy indexing costs more than the decode.
+        first = samples[0]
+        pick: slice | list[int] = (
+            slice(first, first + len(samples))
+            if samples == list(range(first, first + len(samples)))
+            else samples
+        )
         for ty in range(y0 // self.tile_height, math.ceil((y0 + height) / self.tile_height)):
             for tx in range(x0 // self.tile_width, math.ceil((x0 + width) / self.tile_width)):
                 tile = self.decode(ty, tx)
                 ys, xs = ty * self.tile_height - y0, tx * self.tile_width - x0
                 h = min(self.tile_height, height - ys)
                 w = min(self.tile_width, width - xs)
-                out[ys : ys + h, xs : xs + w] = tile[:h, :w, samples]
+                out[ys : ys + h, xs : xs + w] = tile[:h, :w, pick]
         return out
 
     def close(self) -> None:
