@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 TAP_ATTENTION = "lrs_vqa_sdpa_tap"
 
@@ -62,11 +62,14 @@ class TapRecorder:
             return
         q_len, kv_len = query.shape[2], key.shape[2]
         rows = self.requests[tap_key](q_len, kv_len).to(query.device)
-        groups = query.shape[1] // key.shape[1]
-        k = repeat_kv(key, groups) if groups > 1 else key
-        q = query[:, :, rows].float()
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        logits = torch.matmul(q, k.float().transpose(-1, -2)) * scale  # (B, H, r, kv)
+        b, heads, _, dim = query.shape
+        kv_heads = key.shape[1]
+        groups = heads // kv_heads
+        # Grouped query heads share their KV head: one batched matmul per KV head, no repeat_kv copy.
+        q = query[:, :, rows].float().reshape(b, kv_heads, groups * len(rows), dim)
+        scale = scaling if scaling is not None else dim**-0.5
+        logits = torch.matmul(q, key.float().transpose(-1, -2)) * scale
+        logits = logits.reshape(b, heads, len(rows), kv_len)  # (B, H, r, kv)
         if attention_mask is not None:
             mask = attention_mask[:, :, rows] if attention_mask.shape[2] == q_len else attention_mask
             if mask.dtype == torch.bool:
