@@ -18,6 +18,7 @@ from lrs_vqa.engine.flops import LayerShape
 from lrs_vqa.engine.hooks import VisionHook
 from lrs_vqa.engine.taps import RowSelector, TapRecorder, recording
 from pyramid.dip import Tile
+from pyramid.levels import PixelBox
 
 
 class UnsupportedModelError(ValueError):
@@ -44,6 +45,16 @@ class TokenMeta:
 
     def __len__(self) -> int:
         return int(self.tile.numel())
+
+    @staticmethod
+    def whole_image(n: int, box: PixelBox) -> TokenMeta:
+        """``n`` tokens of the model's own processing of one image: all attributed to its whole box."""
+        return TokenMeta(
+            torch.zeros(n, dtype=torch.long),
+            torch.full((n,), -2, dtype=torch.long),
+            torch.tensor([box.as_list()], dtype=torch.float32).expand(n, 4).clone(),
+            torch.zeros(n, dtype=torch.bool),
+        )
 
     def select(self, index: torch.Tensor) -> TokenMeta:
         return TokenMeta(self.tile[index], self.level[index], self.boxes[index], self.newline[index])
@@ -180,11 +191,21 @@ class ModelAdapter:
         cfg = self.text_model.config
         return LayerShape(cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers)
 
-    def chat_ids(self, question: str) -> list[int]:
-        """Token ids of the chat prompt with exactly one image placeholder."""
+    def chat_text(self, question: str) -> str:
+        """The chat prompt (the checkpoint's own template) with exactly one image placeholder."""
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)  # type: ignore[attr-defined]
-        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)  # type: ignore[attr-defined]
+
+    def chat_ids(self, question: str) -> list[int]:
+        return list(self.tokenizer(self.chat_text(question), add_special_tokens=False).input_ids)
+
+    def processor_inputs(self, image: Image.Image, question: str) -> dict[str, torch.Tensor]:
+        """What the stock processor makes of one image and the question, on the model's device/dtype."""
+        inputs = self.processor(images=[image], text=self.chat_text(question), return_tensors="pt")  # type: ignore[operator]
+        return {
+            k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+            for k, v in inputs.items()
+        }
 
     def instruction_mask(self, ids: Sequence[int], question: str, start: int) -> torch.Tensor:
         """Mark the question's own tokens (searched after ``start``) as instruction rows."""

@@ -161,15 +161,6 @@ class LlavaAdapter(ModelAdapter):
             self.chat_ids(question), question, vision, meta, sum(s.images_encoded for s in segments)
         )
 
-    def processor_inputs(self, image: Image.Image, question: str) -> dict[str, torch.Tensor]:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)  # type: ignore[attr-defined]
-        inputs = self.processor(images=[image], text=text, return_tensors="pt")  # type: ignore[operator]
-        return {
-            k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-            for k, v in inputs.items()
-        }
-
     def stock_prompt(
         self, image: Image.Image, question: str, image_box: PixelBox | None = None
     ) -> tuple[EncodedPrompt, dict[str, torch.Tensor]]:
@@ -186,12 +177,7 @@ class LlavaAdapter(ModelAdapter):
         # The processor already expanded the placeholder: collapse it back to one, then re-expand.
         ids = ids[:p] + ids[p + n - 1 :] if n > 1 else ids
         box = image_box or PixelBox(0, 0, image.width, image.height)
-        meta = TokenMeta(
-            torch.zeros(n, dtype=torch.long),
-            torch.full((n,), -2, dtype=torch.long),
-            torch.tensor([box.as_list()], dtype=torch.float32).expand(n, 4).clone(),
-            torch.zeros(n, dtype=torch.bool),
-        )
+        meta = TokenMeta.whole_image(n, box)
         images = int(inputs["pixel_values"].shape[1]) if inputs["pixel_values"].ndim == 5 else 1
         return self._assemble(ids, question, vision, meta, images), inputs
 
