@@ -10,6 +10,7 @@ Strategies (the baselines every comparison needs; the coarse-to-fine loop plugs 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import resource
 import time
@@ -112,10 +113,29 @@ def _gather(
     raise StrategyError(f"unknown strategy {options.strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):  # "5" resets this process's resident-set high-water mark (VmHWM)
+        _CLEAR_REFS.write_text("5")
+
+
 def _peak_memory(device: torch.device) -> tuple[float, str]:
+    """Peak since the last reset: CUDA allocator, or this process's VmHWM (ru_maxrss where /proc lacks it)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss"
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024, "rss"
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss-process"
 
 
 def answer(
@@ -136,8 +156,7 @@ def answer(
     if not question.strip():
         raise StrategyError("the question is empty")
     adapter = get_adapter(model, device, dtype) if isinstance(model, str) else model
-    if adapter.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(adapter.device)
+    _reset_peak_memory(adapter.device)
     t_start = time.perf_counter()
     popts = replace(options.pyramid, spec=pyramid_spec_for(adapter))
     with DynamicImagePyramid.open(image, popts) as dip:
@@ -173,7 +192,9 @@ def answer(
     ]
     peak, kind = _peak_memory(adapter.device)
     vision_in = int(prompt.inputs.vision.sum())
-    encoded = sum(s.tokens_encoded for s in gathered.segments) or vision_in
+    own = gathered.prompt is not None
+    segs = gathered.segments
+    encoded = (prompt.tokens_encoded if own else sum(s.tokens_encoded for s in segs)) or vision_in
     stats = RunStats(
         vision_tokens_encoded=encoded,
         tokens_into_llm=prompt.inputs.length,

@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from affine import Affine
 from rasterio.enums import ColorInterp
@@ -37,8 +38,11 @@ from pyramid.radiometry import BandPlan, Stretch, choose_bands, compute_stretch
 from pyramid.reader import Region, RegionReader
 from pyramid.source import DEFAULT_MAX_PIXELS, Layout, RasterInfo, inspect_raster
 
+_CV_AREA_DTYPES = frozenset({"uint8", "uint16", "int16", "float32", "float64"})
+
 THUMBNAIL = -1  # level index of the global thumbnail
 _MAX_WHOLE_LEVEL_PIXELS = 64 * 1024 * 1024
+_MAX_KEPT_LEVEL_PIXELS = 4 * 1024 * 1024  # resampled levels this small are read whole and kept (12 MB RGB)
 
 
 @dataclass(frozen=True, order=True)
@@ -110,6 +114,7 @@ class DynamicImagePyramid:
         self._readers: dict[tuple[str, int | None], RegionReader] = {}
         self._stretch: Stretch | None = None
         self._lock = threading.RLock()
+        self._scaled_levels: dict[int, Region] = {}
         self._executor: ThreadPoolExecutor | None = None
         self.tiles_read = 0
 
@@ -209,10 +214,72 @@ class DynamicImagePyramid:
                 return ovr
         return None
 
+    def _area_from_overview(self, level: Level, level_box: PixelBox) -> Region | None:
+        """Area-average a whole-pixel window of the finest overview at least as coarse as needed.
+
+        Serves the coarse level of a COG about 2x faster than GDAL's ``average`` read: the overview's
+        blocks go through the direct decoder and OpenCV's INTER_AREA does the (exact box) averaging.
+        Only when the window falls on whole overview pixels and no mask is involved; None otherwise.
+        """
+        if self.info.dtype not in _CV_AREA_DTYPES:
+            return None
+        path = self._scaled_backing()
+        base = self._reader(path, None)
+        factors = [f for f in base.pool.get().overviews(1) if f <= min(level.factor_x, level.factor_y)]
+        if not factors:
+            return None
+        ovr = self._reader(path, base.pool.get().overviews(1).index(max(factors)))
+        if ovr.direct is None:  # GDAL would decode the blocks anyway: its own averaging is as good
+            return None
+        sx, sy = base.width / ovr.width, base.height / ovr.height
+        edges = (
+            level_box.x0 * level.factor_x / sx,
+            level_box.y0 * level.factor_y / sy,
+            level_box.x1 * level.factor_x / sx,
+            level_box.y1 * level.factor_y / sy,
+        )
+        if any(abs(v - round(v)) > 1e-6 for v in edges):
+            return None
+        box = PixelBox(*(round(v) for v in edges))
+        if box.x1 > ovr.width or box.y1 > ovr.height or box.area == 0:
+            return None
+        region = ovr.read(box)
+        if region.valid is not None:
+            return None
+        data = cv2.resize(region.data, (level_box.width, level_box.height), interpolation=cv2.INTER_AREA)
+        return Region(data.reshape(level_box.height, level_box.width, -1), None)
+
+    def _whole_scaled_level(self, level: Level) -> Region | None:
+        """A small resampled level (coarse, thumbnail) read once and kept: its tiles are then slices of
+        one averaging, so the level image is exactly the union of its tiles whichever path averaged it."""
+        if level.width * level.height > _MAX_KEPT_LEVEL_PIXELS:
+            return None
+        with self._lock:
+            region = self._scaled_levels.get(level.index)
+            if region is None:
+                full = PixelBox(0, 0, level.width, level.height)
+                region = self._area_from_overview(level, full) or self._reader(
+                    self._scaled_backing(), None
+                ).read_scaled(
+                    (0, 0, level.width * level.factor_x, level.height * level.factor_y),
+                    level.width,
+                    level.height,
+                )
+                region.data.flags.writeable = False  # shared by every tile sliced from it
+                self._scaled_levels[level.index] = region
+            return region
+
     def _read_level_source(self, level: Level, level_box: PixelBox) -> Region:
         reader = self._block_reader(level)
         if reader is not None:
             return reader.read(level_box)
+        whole = self._whole_scaled_level(level)
+        if whole is not None:
+            rows, cols = slice(level_box.y0, level_box.y1), slice(level_box.x0, level_box.x1)
+            return Region(
+                whole.data[rows, cols].copy(),  # tiles own their pixels; the kept level stays read-only
+                None if whole.valid is None else whole.valid[rows, cols].copy(),
+            )
         window = (
             level_box.x0 * level.factor_x,
             level_box.y0 * level.factor_y,
@@ -245,7 +312,10 @@ class DynamicImagePyramid:
         """uint8 RGB pixels of ``level_box`` (level pixels) and its validity mask (None = all valid)."""
         level_box = level_box.clip(level.width, level.height)
         region = self._read_level_source(level, level_box)
-        rgb = self.stretch.apply(region.data[..., self.bands.rgb_positions])
+        positions = self.bands.rgb_positions
+        # Plain RGB needs no band gather: the fancy-index copy cost ~30% of native streaming.
+        plain = positions == [0, 1, 2] and region.data.shape[-1] == 3
+        rgb = self.stretch.apply(region.data if plain else region.data[..., positions])
         if region.valid is not None:
             if region.valid.all():
                 return rgb, None

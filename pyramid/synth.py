@@ -419,7 +419,7 @@ def _write(path: Path, profile: dict[str, Any], renderer: _Renderer, progress: b
     n_rows = -(-renderer.height // _BLOCK)
     with ExitStack() as stack:
         # A small block cache bounds memory: the default (5% of RAM) could hold GBs of tiles.
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=64))
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=64 * 2**20))
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # GDAL's, for georeferenced=False
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))

@@ -8,6 +8,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from unittest.mock import patch
+
 import numpy as np
 import pytest
 import torch
@@ -92,6 +94,18 @@ def test_keep_all_equals_stock_forward_and_generate(
     gen = adapter.model.generate(**inputs, max_new_tokens=6, do_sample=False)
     stock_ids = gen[0, inputs["input_ids"].shape[1] :].tolist()
     assert ids == stock_ids[: len(ids)]
+
+
+@pytest.mark.parametrize("max_new", [1, 4])
+def test_generate_runs_one_decode_step_per_token_after_the_first(
+    max_new: int, tiny_paths: dict[str, str], image: Image.Image
+) -> None:
+    adapter = load_adapter(tiny_paths["llava"])
+    prompt, _ = adapter.stock_prompt(image, QUESTION)
+    with patch.object(adapter.decoder, "decode_step", wraps=adapter.decoder.decode_step) as step:
+        ids, _, _ = adapter.decoder.generate(prompt.inputs, max_new_tokens=max_new)
+    assert len(ids) == max_new  # no eos given: runs to the cap
+    assert step.call_count == max_new - 1  # the prefill produced the first token
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -135,7 +135,8 @@ def test_coarse_tiles_are_crops_of_the_coarse_level(
 ) -> None:
     """Without a disk cache the coarse level is GDAL's area average of the source (via its overviews for
     the cog); each coarse tile must be exactly its level_box cut out of that level, not a resampling of
-    the integer-rounded level-0 window [floor(x0*f), ceil(x1*f)), which stretches every tile slightly."""
+    the integer-rounded level-0 window [floor(x0*f), ceil(x1*f)), which stretches every tile slightly.
+    The cog's coarse level is OpenCV's area average of the same overview: equal to GDAL's up to 1 DN."""
     raster: Raster = request.getfixturevalue(name)
     with DynamicImagePyramid.open(raster.path, make_options(tmp_path)) as dip:
         lv = dip.levels[0]
@@ -145,7 +146,8 @@ def test_coarse_tiles_are_crops_of_the_coarse_level(
             tile = dip.tile(0, r, c)
             lb = tile.level_box
             diff = np.abs(tile.pixels.astype(int) - expected[lb.y0 : lb.y1, lb.x0 : lb.x1])
-            assert diff.max() == 0, f"coarse ({r}, {c}): max {diff.max()}, mean {diff.mean():.2f}"
+            tolerance = 1 if name == "cog_tif" else 0
+            assert diff.max() <= tolerance, f"coarse ({r}, {c}): max {diff.max()}, mean {diff.mean():.2f}"
 
 
 def test_thumbnail_and_coarse_level_image(
@@ -153,10 +155,11 @@ def test_thumbnail_and_coarse_level_image(
 ) -> None:
     """The thumbnail (one tile) and the whole coarse level (one read) against a direct GDAL area average.
 
-    ``cog``: the same GDAL call on the same file (source overviews) → identical. Cached layouts read the
-    libvips pyramid cache instead, so allow two-stage averaging differences: a correctly registered
-    two-stage average (exact 2×/4× cache overview, then area resampling) stays within mean 0.5 / max 4 DN
-    of the direct average on this fixture; a misregistered one does not.
+    ``cog``: the same source overview, area-averaged by OpenCV instead of GDAL → equal up to rounding
+    (1 DN; the lossless fixture takes the direct-decode path, so only the averaging differs). Cached
+    layouts read the libvips pyramid cache instead, so allow two-stage averaging differences: a correctly
+    registered two-stage average (exact 2×/4× cache overview, then area resampling) stays within
+    mean 0.5 / max 4 DN of the direct average on this fixture; a misregistered one does not.
     """
     ref = reference_path(layout_raster, tiled_tif)
     with DynamicImagePyramid.open(layout_raster.path, make_options(shared_cache, **LOSSLESS)) as dip:
@@ -168,7 +171,7 @@ def test_thumbnail_and_coarse_level_image(
             diff = np.abs(got.pixels.astype(int) - whole_level(ref, layout_raster, lv))
             msg = f"{lv.name}: max {diff.max()}, mean {diff.mean():.2f}"
             if layout_raster.layout == "cog":
-                assert diff.max() == 0, msg
+                assert diff.max() <= 1 and diff.mean() < 0.01, msg
             else:
                 assert diff.mean() < 1.0 and diff.max() <= 6, msg
 

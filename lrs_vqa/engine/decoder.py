@@ -207,8 +207,8 @@ class DecoderLoop:
                 logits[suppress.to(logits.device)] = float("-inf")
             token = int(torch.argmax(logits))
             out.append(token)
-            if token in eos_token_ids:
-                break
+            if token in eos_token_ids or len(out) == max_new_tokens:
+                break  # no decode step for a token that will never be used
             logits = self.decode_step(token, position, result.cache)
             position += 1
         return out, result, time.perf_counter() - t0

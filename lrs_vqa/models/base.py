@@ -78,6 +78,7 @@ class EncodedPrompt:
     meta: TokenMeta  # aligned with the vision rows of ``inputs`` (inputs.vision.nonzero())
     text_tokens: int
     images_encoded: int
+    tokens_encoded: int = 0  # vision-encoder outputs before any selection (0: count the vision rows)
 
 
 def token_boxes(tile: Tile, grid_h: int, grid_w: int, tile_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,6 +4,7 @@ a learned ``image_newline`` row marker, over a LLaMA or Qwen2 decoder."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
@@ -179,7 +180,9 @@ class LlavaAdapter(ModelAdapter):
         box = image_box or PixelBox(0, 0, image.width, image.height)
         meta = TokenMeta.whole_image(n, box)
         images = int(inputs["pixel_values"].shape[1]) if inputs["pixel_values"].ndim == 5 else 1
-        return self._assemble(ids, question, vision, meta, images), inputs
+        prompt = self._assemble(ids, question, vision, meta, images)
+        # Vision rows include image_newline markers and miss the unpadded-away tokens: count the encoder's.
+        return replace(prompt, tokens_encoded=images * self.tokens_per_tile), inputs
 
     def vision_shape(self) -> tuple[LayerShape, int]:
         vc = self.model.config.vision_config
