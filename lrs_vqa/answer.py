@@ -5,7 +5,9 @@ Strategies (the baselines every comparison needs; the coarse-to-fine loop plugs 
 * ``global``    — the global thumbnail only (one tile, long side = the encoder's input size);
 * ``anyres``    — the model's own fixed-grid processing of the coarse level (long side ~3 tiles), like the
                   paper's anyres-pX baselines: whatever the checkpoint's processor does with that image;
-* ``tiles-all`` — the thumbnail plus every tile of one pyramid level, refused above ``max_vision_tokens``.
+* ``tiles-all`` — the thumbnail plus every tile of one pyramid level, refused above ``max_vision_tokens``;
+* ``c2f``       — the coarse-to-fine loop (``lrs_vqa.c2f``): zoom level by level into the tiles a region
+                  scorer points at, read only those, prune, answer. The default.
 """
 
 from __future__ import annotations
@@ -15,22 +17,27 @@ import functools
 import resource
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from lrs_vqa.c2f import C2FOptions, C2FResult, CoarseToFine
 from lrs_vqa.engine.decoder import LayerHook
 from lrs_vqa.engine.flops import flops_report
 from lrs_vqa.engine.hooks import VisionHook
+from lrs_vqa.heatmap import render_heatmap, write_heatmap
 from lrs_vqa.models.base import EncodedPrompt, ModelAdapter, TokenMeta, VisionSegment
 from lrs_vqa.records import AnswerRecord, RunStats, TileRecord
 from pyramid.dip import DynamicImagePyramid, PyramidOptions, Tile
 from pyramid.levels import PyramidSpec
+from rfm.attention import AttentionScorer
+from rfm.base import RegionScorer
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
-STRATEGIES = ("global", "anyres", "tiles-all")
+STRATEGIES = ("c2f", "global", "anyres", "tiles-all")
+SCORERS = ("attention", "rfm")
 
 
 class StrategyError(ValueError):
@@ -39,11 +46,14 @@ class StrategyError(ValueError):
 
 @dataclass(frozen=True)
 class AskOptions:
-    strategy: str = "global"
+    strategy: str = "c2f"
     level: int | None = None  # tiles-all: pyramid level index (negative from native); default coarse
     max_vision_tokens: int = 16384  # tiles-all refuses above this
     max_new_tokens: int = 32
     pyramid: PyramidOptions = field(default_factory=PyramidOptions)
+    c2f: C2FOptions = field(default_factory=C2FOptions)
+    scorer: str = "attention"  # c2f: "attention" (training-free, any model) | "rfm" (trained RFM weights)
+    scorer_layers: int | None = None  # attention scorer: LLM layers to run (None: a quarter of them)
 
 
 @functools.lru_cache(maxsize=2)
@@ -66,6 +76,22 @@ class _Gathered:
     tiles: list[Tile]
     roles: list[str]
     prompt: EncodedPrompt | None = None  # set by strategies that use the model's own processing
+    c2f: C2FResult | None = None
+
+
+def region_scorer(adapter: ModelAdapter, options: AskOptions) -> RegionScorer:
+    """The scorer the c2f loop asks: the trained RFM that came with the model, or the attention one."""
+    if options.scorer == "attention":
+        return AttentionScorer(options.scorer_layers)
+    if options.scorer == "rfm":
+        scorer = getattr(adapter, "region_scorer", None)
+        if scorer is None:
+            raise StrategyError(
+                f"{adapter.source} has no trained Region Focus Module; use --scorer attention "
+                "(or load an LRS-VQA checkpoint such as ll-13/llava-largeimg-Qwen2-7B)"
+            )
+        return scorer
+    raise StrategyError(f"unknown scorer {options.scorer!r}; choose one of {', '.join(SCORERS)}")
 
 
 def _shift(segment: VisionSegment, offset: int) -> VisionSegment:
@@ -82,6 +108,10 @@ def _gather(
     options: AskOptions,
     vision_hooks: Sequence[VisionHook],
 ) -> _Gathered:
+    if options.strategy == "c2f":
+        loop = CoarseToFine(adapter, region_scorer(adapter, options), options.c2f, vision_hooks)
+        result = loop.run(dip, question)
+        return _Gathered(result.segments, result.tiles, result.roles, c2f=result)
     thumb = dip.thumbnail()
     if options.strategy == "global":
         seg = adapter.encode_tiles([thumb], newlines=False, level=-1, hooks=vision_hooks)
@@ -148,11 +178,16 @@ def answer(
     options: AskOptions | None = None,
     llm_hooks: Sequence[LayerHook] = (),
     vision_hooks: Sequence[VisionHook] = (),
+    heatmap: str | Path | None = None,
 ) -> AnswerRecord:
-    """Answer ``question`` about ``image`` and report what was read and what it cost."""
+    """Answer ``question`` about ``image`` and report what was read and what it cost.
+
+    ``heatmap``: with ``c2f``, also write the coarse-level token scores over the image as a PNG."""
     options = options or AskOptions()
     if options.strategy not in STRATEGIES:
         raise StrategyError(f"unknown strategy {options.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if heatmap is not None and options.strategy != "c2f":
+        raise StrategyError("a heatmap needs the c2f strategy (it draws the coarse-level token scores)")
     if not question.strip():
         raise StrategyError("the question is empty")
     adapter = get_adapter(model, device, dtype) if isinstance(model, str) else model
@@ -164,6 +199,9 @@ def answer(
         gathered = _gather(adapter, dip, question, options, vision_hooks)
         t_gather = time.perf_counter() - t0
         image_info = {**dip.info.describe(), "levels": [lvl.describe() for lvl in dip.levels]}
+        if heatmap is not None and gathered.c2f is not None and gathered.c2f.coarse_scores is not None:
+            picture = render_heatmap(dip, gathered.c2f.coarse_scores, gathered.c2f.steps)
+            write_heatmap(picture, heatmap)
         tiles_read = dip.stats["tiles_read"]
     prompt = gathered.prompt or adapter.build_prompt(question, gathered.segments)
     ids, prefill, t_decode = adapter.decoder.generate(
@@ -181,13 +219,15 @@ def answer(
         text_tokens=prompt.text_tokens,
         vision=vision_shape,
         vision_patches_per_image=patches,
-        images=prompt.images_encoded,
+        images=gathered.c2f.images_encoded if gathered.c2f is not None else prompt.images_encoded,
     )
+    scoring = gathered.c2f.scoring_tflops if gathered.c2f is not None else 0.0
     per_tile = torch.bincount(prompt.meta.tile[prompt.meta.tile >= 0], minlength=len(gathered.tiles))
     if gathered.prompt is not None:  # the model's own processing: all tokens come from the one overview
         per_tile = torch.tensor([len(prompt.meta)])
+    scores = gathered.c2f.tile_scores if gathered.c2f is not None else [None] * len(gathered.tiles)
     records = [
-        TileRecord.from_tile(tile, role, int(per_tile[i]))
+        TileRecord.from_tile(tile, role, int(per_tile[i]), scores[i])
         for i, (tile, role) in enumerate(zip(gathered.tiles, gathered.roles, strict=True))
     ]
     peak, kind = _peak_memory(adapter.device)
@@ -195,6 +235,8 @@ def answer(
     own = gathered.prompt is not None
     segs = gathered.segments
     encoded = (prompt.tokens_encoded if own else sum(s.tokens_encoded for s in segs)) or vision_in
+    if gathered.c2f is not None:  # every level the loop encoded, not only what survived
+        encoded = gathered.c2f.tokens_encoded
     stats = RunStats(
         vision_tokens_encoded=encoded,
         tokens_into_llm=prompt.inputs.length,
@@ -205,12 +247,13 @@ def answer(
         avg_vision_tokens_over_layers=sum(prefill.vision_tokens_per_layer)
         / len(prefill.vision_tokens_per_layer),
         final_vision_tokens=prefill.vision_tokens_per_layer[-1],
-        images_encoded=prompt.images_encoded,
+        images_encoded=gathered.c2f.images_encoded if gathered.c2f is not None else prompt.images_encoded,
         tiles_read=tiles_read,
         tflops_vision=flops.vision_tflops,
         tflops_llm_vision_only=flops.llm_vision_tflops,
         tflops_llm=flops.llm_total_tflops,
-        tflops_total=flops.total_tflops,
+        tflops_total=flops.total_tflops + scoring,
+        tflops_scoring=scoring,
         seconds={
             "read_and_encode": round(t_gather, 4),
             "prefill": round(prefill.seconds, 4),
@@ -233,10 +276,16 @@ def answer(
         tiles=records,
         stats=stats,
         generated_tokens=len(ids),
+        levels=[step.describe() for step in gathered.c2f.steps] if gathered.c2f is not None else [],
         settings={
             "level": options.level,
             "max_new_tokens": options.max_new_tokens,
             "device": device,
             "dtype": dtype,
+            **(
+                {"scorer": options.scorer, "scorer_layers": options.scorer_layers, **asdict(options.c2f)}
+                if options.strategy == "c2f"
+                else {}
+            ),
         },
     )

@@ -201,7 +201,21 @@ def ask(
     model: Annotated[str, typer.Option(help="Hub id or local checkpoint folder.")] = "",
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
-    strategy: Annotated[str, typer.Option(help="global | anyres | tiles-all")] = "global",
+    strategy: Annotated[str, typer.Option(help="c2f | global | anyres | tiles-all")] = "c2f",
+    scorer: Annotated[str, typer.Option(help="c2f: attention (any model) | rfm (trained RFM).")] = (
+        "attention"
+    ),
+    scorer_layers: Annotated[
+        int | None, typer.Option(help="c2f attention scorer: LLM layers to run (default: a quarter).")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="c2f: default | paper (the released one-hop loop).")] = "default",
+    keep_ratio: Annotated[float, typer.Option(help="c2f: most tokens a level keeps, as a share.")] = 0.25,
+    max_tiles_per_level: Annotated[int, typer.Option(help="c2f: tiles read per zoom step, at most.")] = 16,
+    budget_tokens: Annotated[int, typer.Option(help="c2f: vision tokens into the LLM, at most.")] = 4096,
+    keep_coarse: Annotated[bool, typer.Option(help="c2f: keep coarse focus tokens as context.")] = False,
+    heatmap: Annotated[
+        Path | None, typer.Option(help="c2f: write the coarse-level token scores over the image as PNG.")
+    ] = None,
     level: Annotated[
         int | None, typer.Option(help="tiles-all: pyramid level (0 = coarse, -1 = native).")
     ] = None,
@@ -215,21 +229,38 @@ def ask(
 ) -> None:
     """Answer a question about an image; print the answer (or a JSON record)."""
     from lrs_vqa.answer import DEFAULT_MODEL, AskOptions, answer
+    from lrs_vqa.c2f import C2FOptions
     from lrs_vqa.evidence import write_evidence
     from pyramid.dip import PyramidOptions
 
     options = AskOptions(
         strategy=strategy,
+        scorer=scorer,
+        scorer_layers=scorer_layers,
+        c2f=C2FOptions(
+            mode=mode,
+            keep_ratio=keep_ratio,
+            max_tiles_per_level=max_tiles_per_level,
+            budget_tokens=budget_tokens,
+            keep_coarse=keep_coarse,
+        ),
         level=level,
         max_vision_tokens=max_vision_tokens,
         max_new_tokens=max_new_tokens,
         pyramid=PyramidOptions(bands=_parse_bands(bands)),
     )
     record = answer(
-        image, question, model=model or DEFAULT_MODEL, device=device, dtype=dtype, options=options
+        image,
+        question,
+        model=model or DEFAULT_MODEL,
+        device=device,
+        dtype=dtype,
+        options=options,
+        heatmap=heatmap,
     )
     if evidence is not None:
         write_evidence(record, evidence)
+
     if as_json:
         print(json.dumps(record.to_dict(), indent=1))
         return
@@ -250,10 +281,11 @@ def _engine_errors() -> tuple[type[Exception], ...]:
     if "lrs_vqa.answer" not in _sys.modules:
         return ()
     from lrs_vqa.answer import StrategyError
+    from lrs_vqa.c2f import C2FError
     from lrs_vqa.models.base import UnsupportedModelError
     from lrs_vqa.models.registry import ModelLoadError
 
-    return (StrategyError, UnsupportedModelError, ModelLoadError)
+    return (StrategyError, C2FError, UnsupportedModelError, ModelLoadError)
 
 
 def main(argv: list[str] | None = None) -> int:

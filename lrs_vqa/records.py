@@ -13,7 +13,7 @@ from pyramid.dip import Tile
 class TileRecord:
     """A tile read from disk and shown to the model."""
 
-    role: str  # "thumbnail" | "level" | "overview"
+    role: str  # "thumbnail" | "level" | "overview" | "coarse" | "zoom"
     level: int
     level_name: str
     row: int
@@ -58,10 +58,11 @@ class RunStats:
     tflops_vision: float
     tflops_llm_vision_only: float  # the pruning literature's convention (vision tokens only)
     tflops_llm: float
-    tflops_total: float
+    tflops_total: float  # vision + LLM + region scoring
     seconds: dict[str, float] = field(default_factory=dict)  # read, encode, prefill, decode, total
     peak_memory_mb: float = 0.0
     peak_memory_kind: str = "rss"  # "rss" (CPU process) or "cuda" (max allocated)
+    tflops_scoring: float = 0.0  # c2f: the region scorer's passes over each level
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class AnswerRecord:
     stats: RunStats
     generated_tokens: int
     settings: dict[str, object] = field(default_factory=dict)
+    levels: list[dict[str, object]] = field(default_factory=list)  # c2f: what happened at each level
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)

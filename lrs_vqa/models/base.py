@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -175,6 +175,31 @@ class ModelAdapter:
 
     def build_prompt(self, question: str, segments: Sequence[VisionSegment]) -> EncodedPrompt:
         raise NotImplementedError
+
+    def present_rows(self, segment: VisionSegment) -> torch.Tensor:
+        """Rows of ``segment.meta`` that enter the prompt, in prompt order (all of them by default)."""
+        return torch.arange(len(segment.meta))
+
+    def prune_segment(self, segment: VisionSegment, rows: torch.Tensor) -> VisionSegment:
+        """Keep the token rows ``rows`` of ``segment.meta``; a newline marker stays only while the token row
+        it ends keeps a token (the reference's unpad-then-newline layout, applied to the survivors)."""
+        keep = torch.zeros(len(segment.meta), dtype=torch.bool)
+        keep[rows] = True
+        keep &= ~segment.meta.newline
+        newline = segment.meta.newline
+        span_has_token = False
+        for i in range(len(keep)):  # one pass: a newline closes the span of tokens before it
+            if newline[i]:
+                keep[i] = span_has_token
+                span_has_token = False
+            elif keep[i]:
+                span_has_token = True
+        index = torch.nonzero(keep).flatten()
+        if index.numel() == 0:
+            raise ValueError("pruning would leave no vision token")
+        return replace(
+            segment, embeds=segment.embeds[index.to(segment.embeds.device)], meta=segment.meta.select(index)
+        )
 
     def stock_prompt(
         self, image: Image.Image, question: str

@@ -7,6 +7,7 @@ edge tiles are dropped after that, like any pruning)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import ClassVar
 
 import torch
@@ -150,6 +151,20 @@ class Qwen2VLAdapter(ModelAdapter):
             text_tokens=int((~inputs.vision).sum()),
             images_encoded=len(grids),
         )
+
+    def present_rows(self, segment: VisionSegment) -> torch.Tensor:
+        keep = segment.qwen_keep
+        return torch.arange(len(segment.meta)) if keep is None else torch.nonzero(keep).flatten()
+
+    def prune_segment(self, segment: VisionSegment, rows: torch.Tensor) -> VisionSegment:
+        # M-RoPE positions come from the whole grid: keep every row's embedding, mark the dropped ones.
+        keep = torch.zeros(len(segment.meta), dtype=torch.bool)
+        keep[rows] = True
+        if segment.qwen_keep is not None:
+            keep &= segment.qwen_keep
+        if not bool(keep.any()):
+            raise ValueError("pruning would leave no vision token")
+        return replace(segment, qwen_keep=keep)
 
     def build_prompt(self, question: str, segments: Sequence[VisionSegment]) -> EncodedPrompt:
         grids = [g for s in segments for g in (s.qwen_grids or [])]

@@ -1,0 +1,303 @@
+"""The coarse-to-fine loop: global thumbnail → coarse level → scores → zoom into the next level's tiles the
+scores point at → … → prune the final level's tokens and hand them to the LLM.
+
+Only the tiles the loop selects are ever read from the pyramid. The rule of the default mode (the released
+code takes exactly one hop with a fixed 25 % keep ratio; see the reference card §5 and §11):
+
+1. **Focus tokens.** At each level, the highest-scoring tokens until they hold ``focus_mass`` of the level's
+   score mass (ties with the last one included). Newline markers never select tiles (the released code's
+   newline column forces the right-most tile column in; ours does not).
+2. **Candidate tiles.** Each focus token spreads its score over the next level's tiles its level-0 box
+   overlaps, by overlap area: exact content extents, no padding misalignment.
+3. **Zoom or stop.** The best ``max_tiles_per_level`` candidates are read if they hold at least
+   ``min_focus_share`` of the candidates' score: the evidence is concentrated enough that zooming in loses
+   little of it. Otherwise the scores are spread over too much of the image to zoom into a few tiles, and
+   the loop stops at the current level. It also stops at the native resolution.
+4. **Final prune.** The last level's tokens are pruned the same way as in step 1 (score mass, ``keep_ratio``
+   cap) and further to fit ``budget_tokens`` vision tokens into the LLM, counting the thumbnail, newline
+   markers and, with ``keep_coarse``, the coarse level's focus tokens kept as context.
+
+Why mass instead of a fixed top-k: a sharp score map (one object) selects few tokens and few tiles, a flat one
+selects many and triggers the stop rule; a fixed ratio would zoom into tiles picked by noise in both cases.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from lrs_vqa.engine.hooks import VisionHook
+from lrs_vqa.models.base import ModelAdapter, TokenMeta, VisionSegment
+from pyramid.dip import DynamicImagePyramid, Tile, TileKey
+from pyramid.levels import PixelBox
+from rfm.base import RegionScorer, TokenScores
+
+MODES = ("default", "paper")
+
+
+class C2FError(ValueError):
+    """Bad coarse-to-fine settings; one-line message."""
+
+
+@dataclass(frozen=True)
+class C2FOptions:
+    mode: str = "default"
+    keep_ratio: float = 0.25  # the final prune keeps at most this share of the last level's tokens
+    focus_mass: float = 0.6  # focus tokens hold this share of the level's score mass
+    max_tiles_per_level: int = 16
+    min_focus_share: float = 0.5  # zoom only if the capped tile set holds this share of candidate score
+    budget_tokens: int = 4096  # vision tokens into the LLM, thumbnail and newline markers included
+    keep_coarse: bool = False  # also keep the coarse level's focus tokens as context
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise C2FError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if not 0 < self.keep_ratio <= 1:
+            raise C2FError(f"keep ratio must be in (0, 1], got {self.keep_ratio}")
+        if not 0 < self.focus_mass <= 1:
+            raise C2FError(f"focus mass must be in (0, 1], got {self.focus_mass}")
+        if self.max_tiles_per_level < 1:
+            raise C2FError(f"max tiles per level must be at least 1, got {self.max_tiles_per_level}")
+        if self.budget_tokens < 1:
+            raise C2FError(f"token budget must be at least 1, got {self.budget_tokens}")
+
+
+@dataclass(frozen=True)
+class LevelStep:
+    """What the loop did at one level."""
+
+    level: int
+    level_name: str
+    grid: tuple[int, int]  # the level's tile grid (rows, cols)
+    tiles: tuple[TileKey, ...]  # tiles read and encoded at this level
+    tile_scores: tuple[float, ...]  # score mass of each encoded tile's tokens
+    tokens_encoded: int
+    focus_tokens: int
+    decision: str  # "zoom" | "stop: native" | "stop: spread" | "stop: single level"
+    next_tiles: tuple[TileKey, ...] = ()
+    next_scores: tuple[float, ...] = ()
+    focus_share: float | None = None  # share of candidate score the read next tiles hold
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "level": self.level,
+            "level_name": self.level_name,
+            "grid": list(self.grid),
+            "tiles": [[k.row, k.col] for k in self.tiles],
+            "tile_scores": [round(s, 6) for s in self.tile_scores],
+            "tokens_encoded": self.tokens_encoded,
+            "focus_tokens": self.focus_tokens,
+            "decision": self.decision,
+            "next_tiles": [[k.row, k.col] for k in self.next_tiles],
+            "next_scores": [round(s, 6) for s in self.next_scores],
+            "focus_share": None if self.focus_share is None else round(self.focus_share, 4),
+        }
+
+
+@dataclass
+class C2FResult:
+    segments: list[VisionSegment]  # what the LLM reads, in order; meta.tile indexes ``tiles``
+    tiles: list[Tile]  # every tile read: thumbnail first, then level by level
+    roles: list[str]
+    steps: list[LevelStep]
+    coarse_scores: TokenScores | None = None  # for the heatmap
+    tile_scores: list[float | None] = field(default_factory=list)  # aligned with ``tiles``
+    tokens_encoded: int = 0  # every level's encoder output, thumbnail included
+    images_encoded: int = 0  # every encoder input (for the vision FLOPs)
+    scoring_tflops: float = 0.0  # the region scorer's passes
+
+
+def focus_rows(
+    scores: torch.Tensor, newline: torch.Tensor, mass: float, ratio: float | None = None
+) -> torch.Tensor:
+    """Indices (sorted) of the top-scoring non-newline tokens that hold ``mass`` of their score mass, with
+    every token tied with the last one taken (a flat plateau is kept whole, never cut by index order), at
+    most ``ceil(ratio · n)`` of them when ``ratio`` is given, and at least one."""
+    candidates = torch.nonzero(~newline).flatten()
+    if candidates.numel() == 0:
+        return candidates
+    s = scores[candidates].double()
+    order = torch.argsort(s, descending=True, stable=True)
+    total = float(s.sum())
+    if total <= 0:
+        take = candidates.numel()
+    else:
+        cum = torch.cumsum(s[order], 0) / total
+        take = int(torch.searchsorted(cum, torch.tensor([mass - 1e-12], dtype=cum.dtype))[0]) + 1
+        take = min(max(take, 1), candidates.numel())
+        threshold = float(s[order[take - 1]])
+        take = int((s >= threshold * (1 - 1e-6)).sum())  # ties with the last token taken
+    if ratio is not None:
+        take = min(take, max(1, math.ceil(ratio * candidates.numel())))
+    return torch.sort(candidates[order[:take]]).values
+
+
+def tile_votes(
+    dip: DynamicImagePyramid, level: int, boxes: torch.Tensor, scores: torch.Tensor
+) -> dict[TileKey, float]:
+    """Spread each token's score over the ``level`` tiles its level-0 box overlaps, by overlap area."""
+    lvl = dip.level(level)
+    votes: dict[TileKey, float] = {}
+    for box, score in zip(boxes.tolist(), scores.tolist(), strict=True):
+        x0, y0, x1, y1 = box
+        area = max((x1 - x0) * (y1 - y0), 1e-9)
+        outer = PixelBox(math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1))
+        for r, c in lvl.tiles_covering(outer):
+            tb = lvl.tile_box(r, c)
+            ox = min(x1, tb.x1) - max(x0, tb.x0)
+            oy = min(y1, tb.y1) - max(y0, tb.y0)
+            if ox > 0 and oy > 0:
+                key = TileKey(level, r, c)
+                votes[key] = votes.get(key, 0.0) + score * ox * oy / area
+    return votes
+
+
+def _per_tile(scores: TokenScores, n_tiles: int) -> list[float]:
+    real = scores.meta.tile >= 0
+    mass = torch.zeros(n_tiles, dtype=torch.float64)
+    mass.index_add_(0, scores.meta.tile[real], scores.scores[real].double())
+    return mass.tolist()
+
+
+def _shift(segment: VisionSegment, offset: int) -> VisionSegment:
+    tile = torch.where(segment.meta.tile >= 0, segment.meta.tile + offset, segment.meta.tile)
+    return replace(
+        segment, meta=TokenMeta(tile, segment.meta.level, segment.meta.boxes, segment.meta.newline)
+    )
+
+
+class CoarseToFine:
+    """Runs the loop for one question over one pyramid with one adapter and one scorer."""
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        scorer: RegionScorer,
+        options: C2FOptions | None = None,
+        vision_hooks: Sequence[VisionHook] = (),
+    ) -> None:
+        self.adapter = adapter
+        self.scorer = scorer
+        self.options = options or C2FOptions()
+        self.hooks = vision_hooks
+
+    def _encode(self, tiles: Sequence[Tile], level: int, newlines: bool) -> VisionSegment:
+        return self.adapter.encode_tiles(tiles, newlines=newlines, level=level, hooks=self.hooks)
+
+    def _prune_to(self, segment: VisionSegment, scores: TokenScores, rows: torch.Tensor) -> VisionSegment:
+        return self.adapter.prune_segment(segment, scores.rows[rows])
+
+    def _final(
+        self, segment: VisionSegment, scores: TokenScores, room: int
+    ) -> tuple[VisionSegment, torch.Tensor]:
+        """Prune by mass and ratio, then shrink until the survivors (with their newlines) fit ``room``."""
+        opt = self.options
+        rows = focus_rows(scores.scores, scores.meta.newline, opt.focus_mass, opt.keep_ratio)
+        if room < 1:
+            raise C2FError(f"token budget {opt.budget_tokens} leaves no room for the zoomed-in tokens")
+        order = torch.argsort(scores.scores[rows], descending=True, stable=True)
+        keep = rows
+        for _ in range(8):  # newline markers depend on which rows survive: converge in a few passes
+            pruned = self._prune_to(segment, scores, keep)
+            size = len(self.adapter.present_rows(pruned))
+            if size <= room:
+                return pruned, keep
+            n = max(1, len(keep) - (size - room))
+            keep = torch.sort(rows[order[:n]]).values
+            if n == 1:
+                break
+        pruned = self._prune_to(segment, scores, keep)
+        if len(self.adapter.present_rows(pruned)) > room:
+            raise C2FError(f"token budget {opt.budget_tokens} is too small for even one zoomed-in token")
+        return pruned, keep
+
+    def run(self, dip: DynamicImagePyramid, question: str) -> C2FResult:
+        opt = self.options
+        thumb = dip.thumbnail()
+        seg_thumb = self._encode([thumb], -1, newlines=False)
+        thumb_tokens = len(self.adapter.present_rows(seg_thumb))
+        tiles: list[Tile] = [thumb]
+        roles = ["thumbnail"]
+        tile_scores: list[float | None] = [None]
+        steps: list[LevelStep] = []
+        context: list[VisionSegment] = []
+        coarse_scores: TokenScores | None = None
+        encoded, images, scoring = seg_thumb.tokens_encoded, seg_thumb.images_encoded, 0.0
+
+        index = 0
+        keys = dip.all_tiles(0)
+        while True:
+            level = dip.levels[index]
+            level_tiles = list(dip.stream(keys))
+            segment = self._encode(level_tiles, index, newlines=True)
+            scores = self.scorer.score(self.adapter, question, [seg_thumb, segment], 1)
+            encoded += segment.tokens_encoded
+            images += segment.images_encoded
+            scoring += scores.tflops
+            if index == 0:
+                coarse_scores = scores
+            offset = len(tiles)
+            tiles += level_tiles
+            roles += ["coarse" if index == 0 else "zoom"] * len(level_tiles)
+            per_tile = _per_tile(scores, len(level_tiles))
+            tile_scores += per_tile
+            focus = focus_rows(scores.scores, scores.meta.newline, opt.focus_mass)
+            base = {
+                "level": index,
+                "level_name": level.name,
+                "grid": (level.rows, level.cols),
+                "tiles": tuple(t.key for t in level_tiles),
+                "tile_scores": tuple(per_tile),
+                "tokens_encoded": segment.tokens_encoded,
+                "focus_tokens": int(focus.numel()),
+            }
+            if level.is_native:
+                decision = "stop: native" if index > 0 else "stop: single level"
+                steps.append(LevelStep(**base, decision=decision))
+                break
+            votes = tile_votes(dip, index + 1, scores.meta.boxes[focus], scores.scores[focus])
+            ranked = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0].row, kv[0].col))
+            chosen = ranked[: opt.max_tiles_per_level]
+            total = sum(v for _, v in ranked)
+            share = sum(v for _, v in chosen) / total if total > 0 else 0.0
+            if not chosen or share < opt.min_focus_share:
+                steps.append(
+                    LevelStep(
+                        **base,
+                        decision="stop: spread",
+                        next_tiles=tuple(k for k, _ in chosen),
+                        next_scores=tuple(v for _, v in chosen),
+                        focus_share=share,
+                    )
+                )
+                break
+            steps.append(
+                LevelStep(
+                    **base,
+                    decision="zoom",
+                    next_tiles=tuple(k for k, _ in chosen),
+                    next_scores=tuple(v for _, v in chosen),
+                    focus_share=share,
+                )
+            )
+            if index == 0 and opt.keep_coarse:
+                context.append(_shift(self._prune_to(segment, scores, focus), offset))
+            keys = sorted((k for k, _ in chosen), key=lambda k: (k.row, k.col))  # raster order for the LLM
+            index += 1
+
+        room = opt.budget_tokens - thumb_tokens - sum(len(self.adapter.present_rows(s)) for s in context)
+        final, _ = self._final(segment, scores, room)
+        return C2FResult(
+            segments=[seg_thumb, *context, _shift(final, offset)],
+            tiles=tiles,
+            roles=roles,
+            steps=steps,
+            coarse_scores=coarse_scores,
+            tile_scores=tile_scores,
+            tokens_encoded=encoded,
+            images_encoded=images,
+            scoring_tflops=scoring,
+        )
