@@ -21,5 +21,6 @@ if [ -z "${MODEL:-}" ]; then
   [ -d "$MODEL" ] || $CLI make-tiny-model "$MODEL" --family llava_onevision
 fi
 $CLI ask "$OUT/scene_cog.tif" "How many cars are in the image?" --model "$MODEL" \
-  --strategy tiles-all --evidence "$OUT/evidence.geojson"
-echo "tiles the model saw, as GeoJSON (open it in QGIS): $OUT/evidence.geojson"
+  --evidence "$OUT/evidence.geojson" --heatmap "$OUT/heatmap.png"
+echo "tiles the model read, as GeoJSON (open it in QGIS): $OUT/evidence.geojson"
+echo "where the question pointed (coarse-level scores, zoomed tiles outlined): $OUT/heatmap.png"
