@@ -48,6 +48,7 @@ class StrategyError(ValueError):
 class AskOptions:
     strategy: str = "c2f"
     level: int | None = None  # tiles-all: pyramid level index (negative from native); default coarse
+    max_tiles: int | None = None  # tiles-all: the finest level with at most this many tiles (anyres-pN)
     max_vision_tokens: int = 16384  # tiles-all refuses above this
     max_new_tokens: int = 32
     pyramid: PyramidOptions = field(default_factory=PyramidOptions)
@@ -123,6 +124,13 @@ def _gather(
         return _Gathered([], [coarse], ["overview"], prompt)
     if options.strategy == "tiles-all":
         index = 0 if options.level is None else options.level
+        if options.max_tiles is not None:  # the paper's anyres-pN baseline on our pyramid
+            if options.level is not None:
+                raise StrategyError("give either a level or a tile count (max tiles), not both")
+            fitting = [lvl.index for lvl in dip.levels if lvl.num_tiles <= options.max_tiles]
+            if not fitting:
+                raise StrategyError(f"even the coarse level has more than {options.max_tiles} tiles")
+            index = fitting[-1]
         if not -len(dip.levels) <= index < len(dip.levels):
             raise StrategyError(
                 f"level {index} does not exist; this image has levels 0..{len(dip.levels) - 1}"

@@ -9,10 +9,12 @@ code takes exactly one hop with a fixed 25 % keep ratio; see the reference card 
    newline column forces the right-most tile column in; ours does not).
 2. **Candidate tiles.** Each focus token spreads its score over the next level's tiles its level-0 box
    overlaps, by overlap area: exact content extents, no padding misalignment.
-3. **Zoom or stop.** The best ``max_tiles_per_level`` candidates are read if they hold at least
-   ``min_focus_share`` of the candidates' score: the evidence is concentrated enough that zooming in loses
-   little of it. Otherwise the scores are spread over too much of the image to zoom into a few tiles, and
-   the loop stops at the current level. It also stops at the native resolution.
+3. **Zoom or stop.** If every candidate fits in ``max_tiles_per_level``, they are all read (the zoom is
+   bounded anyway). Otherwise the best ``max_tiles_per_level`` are read only if the map is concentrated:
+   they hold at least ``min_focus_share`` of the view's whole score mass and are at least ``min_lift`` times
+   denser than the view's average (mass share / area share). A uniform map fails the lift test (top 16 of
+   25 tiles always hold 64 % of it), so the loop stops at the current level instead of zooming into an
+   arbitrary subset. It also stops at the native resolution.
 4. **Final prune.** The last level's tokens are pruned the same way as in step 1 (score mass, ``keep_ratio``
    cap) and further to fit ``budget_tokens`` vision tokens into the LLM, counting the thumbnail, newline
    markers and, with ``keep_coarse``, the coarse level's focus tokens kept as context.
@@ -48,7 +50,8 @@ class C2FOptions:
     keep_ratio: float = 0.25  # the final prune keeps at most this share of the last level's tokens
     focus_mass: float = 0.6  # focus tokens hold this share of the level's score mass
     max_tiles_per_level: int = 16
-    min_focus_share: float = 0.5  # zoom only if the capped tile set holds this share of candidate score
+    min_focus_share: float = 0.5  # a capped zoom needs this share of the view's score mass ...
+    min_lift: float = 2.0  # ... at least this many times denser than the view's average
     budget_tokens: int = 4096  # vision tokens into the LLM, thumbnail and newline markers included
     keep_coarse: bool = False  # also keep the coarse level's focus tokens as context
 
@@ -61,6 +64,8 @@ class C2FOptions:
             raise C2FError(f"focus mass must be in (0, 1], got {self.focus_mass}")
         if self.max_tiles_per_level < 1:
             raise C2FError(f"max tiles per level must be at least 1, got {self.max_tiles_per_level}")
+        if not 0 <= self.min_focus_share <= 1 or self.min_lift < 0:
+            raise C2FError("min focus share must be in [0, 1] and min lift non-negative")
         if self.budget_tokens < 1:
             raise C2FError(f"token budget must be at least 1, got {self.budget_tokens}")
 
@@ -79,7 +84,8 @@ class LevelStep:
     decision: str  # "zoom" | "stop: native" | "stop: spread" | "stop: single level"
     next_tiles: tuple[TileKey, ...] = ()
     next_scores: tuple[float, ...] = ()
-    focus_share: float | None = None  # share of candidate score the read next tiles hold
+    focus_share: float | None = None  # share of the view's score mass the next tiles hold
+    lift: float | None = None  # that share over the share of the view's area they cover
 
     def describe(self) -> dict[str, object]:
         return {
@@ -94,6 +100,7 @@ class LevelStep:
             "next_tiles": [[k.row, k.col] for k in self.next_tiles],
             "next_scores": [round(s, 6) for s in self.next_scores],
             "focus_share": None if self.focus_share is None else round(self.focus_share, 4),
+            "lift": None if self.lift is None else round(self.lift, 3),
         }
 
 
@@ -214,6 +221,26 @@ class CoarseToFine:
             raise C2FError(f"token budget {opt.budget_tokens} is too small for even one zoomed-in token")
         return pruned, keep
 
+    @staticmethod
+    def _concentration(
+        dip: DynamicImagePyramid, level: int, scores: TokenScores, chosen: Sequence[TileKey]
+    ) -> tuple[float, float]:
+        """Share of the view's whole score mass inside ``chosen`` (next-level tiles), and its lift: that
+        share over the share of the view's area they cover (1 = no denser than average)."""
+        real = torch.nonzero(~scores.meta.newline).flatten()
+        votes = tile_votes(dip, level, scores.meta.boxes[real], scores.scores[real])
+        total = sum(votes.values())
+        if total <= 0 or not chosen:
+            return 0.0, 0.0
+        lvl = dip.level(level)
+
+        def area(key: TileKey) -> int:
+            return lvl.tile_box(key.row, key.col).area
+
+        share = sum(votes.get(k, 0.0) for k in chosen) / total
+        area_share = sum(area(k) for k in chosen) / max(sum(area(k) for k in votes), 1)
+        return share, share / max(area_share, 1e-12)
+
     def run(self, dip: DynamicImagePyramid, question: str) -> C2FResult:
         opt = self.options
         thumb = dip.thumbnail()
@@ -261,9 +288,11 @@ class CoarseToFine:
             votes = tile_votes(dip, index + 1, scores.meta.boxes[focus], scores.scores[focus])
             ranked = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0].row, kv[0].col))
             chosen = ranked[: opt.max_tiles_per_level]
-            total = sum(v for _, v in ranked)
-            share = sum(v for _, v in chosen) / total if total > 0 else 0.0
-            if not chosen or share < opt.min_focus_share:
+            share, lift = self._concentration(dip, index + 1, scores, [k for k, _ in chosen])
+            # All candidates fit the cap: the zoom is bounded anyway. Otherwise only a concentrated map may
+            # zoom: a uniform one would pick an arbitrary subset (top 16 of 25 tiles always hold 64 %).
+            fits = len(ranked) <= opt.max_tiles_per_level
+            if not chosen or not (fits or (share >= opt.min_focus_share and lift >= opt.min_lift)):
                 steps.append(
                     LevelStep(
                         **base,
@@ -271,6 +300,7 @@ class CoarseToFine:
                         next_tiles=tuple(k for k, _ in chosen),
                         next_scores=tuple(v for _, v in chosen),
                         focus_share=share,
+                        lift=lift,
                     )
                 )
                 break
@@ -281,6 +311,7 @@ class CoarseToFine:
                     next_tiles=tuple(k for k, _ in chosen),
                     next_scores=tuple(v for _, v in chosen),
                     focus_share=share,
+                    lift=lift,
                 )
             )
             if index == 0 and opt.keep_coarse:

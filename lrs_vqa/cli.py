@@ -219,6 +219,9 @@ def ask(
     level: Annotated[
         int | None, typer.Option(help="tiles-all: pyramid level (0 = coarse, -1 = native).")
     ] = None,
+    max_tiles: Annotated[
+        int | None, typer.Option(help="tiles-all: finest level with at most N tiles (anyres-pN).")
+    ] = None,
     max_vision_tokens: Annotated[int, typer.Option(help="tiles-all: refuse above this.")] = 16384,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit, tokens.")] = 32,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON record with statistics.")] = False,
@@ -245,6 +248,7 @@ def ask(
             keep_coarse=keep_coarse,
         ),
         level=level,
+        max_tiles=max_tiles,
         max_vision_tokens=max_vision_tokens,
         max_new_tokens=max_new_tokens,
         pyramid=PyramidOptions(bands=_parse_bands(bands)),

@@ -179,3 +179,23 @@ def test_make_tiny_model_cli(tmp_path: Path, capsys) -> None:
     assert "meaningless" in capsys.readouterr().err
     assert main(["make-tiny-model", str(tmp_path / "m"), "--family", "llava"]) == 2  # exists
     assert main(["make-tiny-model", str(tmp_path / "x"), "--family", "gpt"]) == 2
+
+
+def test_tiles_all_max_tiles_picks_the_finest_level_that_fits(
+    tiny_paths: dict[str, str], scene: Path
+) -> None:
+    """anyres-pN on the pyramid: the finest level whose grid has at most N tiles."""
+    options = AskOptions(strategy="tiles-all", max_tiles=30, max_new_tokens=1)
+    record = answer(scene, "q?", model=tiny_paths["llava"], options=options)
+    levels = record.image["levels"]
+    fitting = [lv["index"] for lv in levels if lv["grid"][0] * lv["grid"][1] <= 30]
+    chosen = {t.level for t in record.tiles if t.role == "level"}
+    assert chosen == {fitting[-1]} and len(fitting) < len(levels)
+    assert record.stats.tiles_read == 1 + levels[fitting[-1]]["grid"][0] * levels[fitting[-1]]["grid"][1]
+    with pytest.raises(StrategyError, match="not both"):
+        answer(
+            scene,
+            "q?",
+            model=tiny_paths["llava"],
+            options=AskOptions(strategy="tiles-all", level=0, max_tiles=4),
+        )

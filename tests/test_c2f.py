@@ -160,6 +160,19 @@ def test_spread_scores_stop_and_prune(tmp_path: Path, tiny_paths: dict[str, str]
     assert result.steps[0].focus_share is not None and result.steps[0].focus_share < 0.5
 
 
+def test_uniform_scores_do_not_zoom_into_an_arbitrary_subset(
+    tmp_path: Path, tiny_paths: dict[str, str]
+) -> None:
+    """A flat map whose candidates exceed the tile cap fails the lift test: stop at the coarse level."""
+    path = plain_raster(tmp_path / "mid.tif", 4000, 3000)
+    adapter = get_adapter(tiny_paths["llava_onevision"])
+    result, tiles_read, levels = run_planted(adapter, path, PixelBox(0, 0, 4000, 3000))
+    step = result.steps[0]
+    assert levels[1].num_tiles > 16  # more candidates than the default cap
+    assert step.decision == "stop: spread" and step.lift == pytest.approx(1.0, abs=0.15)
+    assert tiles_read == 1 + len(step.tiles)
+
+
 def test_budget_and_keep_ratio_bound_the_llm_tokens(tmp_path: Path, tiny_paths: dict[str, str]) -> None:
     path = plain_raster(tmp_path / "mid.tif", 4000, 3000)
     adapter = get_adapter(tiny_paths["llava_onevision"])
