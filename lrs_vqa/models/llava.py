@@ -13,7 +13,13 @@ from PIL import Image
 
 from lrs_vqa.engine.decoder import PrefillInputs
 from lrs_vqa.engine.flops import LayerShape
-from lrs_vqa.engine.hooks import VisionContext, VisionHook, apply_selection
+from lrs_vqa.engine.hooks import (
+    VisionContext,
+    VisionHook,
+    apply_encoder_selection,
+    apply_selection,
+    encoder_drop_layers,
+)
 from lrs_vqa.models.base import (
     EncodedPrompt,
     ModelAdapter,
@@ -72,26 +78,66 @@ class LlavaAdapter(ModelAdapter):
         feats = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
         return feats[:, 1:] if self.select_strategy == "default" else feats
 
+    def _tower_parts(self) -> tuple[torch.nn.Module, torch.nn.Module | None, list[torch.nn.Module]]:
+        tower = self.model.model.vision_tower
+        vm = tower.vision_model if hasattr(tower, "vision_model") else tower
+        return vm.embeddings, getattr(vm, "pre_layrnorm", None), list(vm.encoder.layers)
+
+    @torch.inference_mode()
+    def _encoder_features_dropping(
+        self, pixel_values: torch.Tensor, wanted: dict[int, list[VisionHook]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tower's own modules layer by layer, letting hooks drop/merge patch tokens before the layers
+        they named. Returns (tiles, k, d) features of the selected layer and (tiles, k) grid indices."""
+        embeddings, pre_norm, layers = self._tower_parts()
+        if isinstance(self.feature_layer, list):
+            raise ValueError("in-encoder token drops need a single vision_feature_layer, not a list")
+        depth = len(layers) + 1 + self.feature_layer if self.feature_layer < 0 else self.feature_layer
+        if any(k >= depth for k in wanted):
+            raise ValueError(f"in-encoder drops must come before the feature layer ({depth} layers run)")
+        hidden = embeddings(pixel_values)
+        if pre_norm is not None:
+            hidden = pre_norm(hidden)
+        cls = self.model.config.vision_config.model_type == "clip_vision_model"
+        n = hidden.shape[1] - (1 if cls else 0)
+        grid_index = torch.arange(n).expand(hidden.shape[0], n).clone()
+        for k in range(depth):
+            for hook in wanted.get(k, ()):
+                selection = hook.inside_encoder(k, hidden, grid_index)  # type: ignore[attr-defined]
+                hidden, grid_index = apply_encoder_selection(selection, hidden, grid_index, cls)
+            out = layers[k](hidden, attention_mask=None)
+            hidden = out[0] if isinstance(out, tuple) else out
+        feats = hidden[:, 1:] if cls and self.select_strategy == "default" else hidden
+        if cls and self.select_strategy != "default":  # "full" keeps CLS: it has no grid position
+            raise ValueError("in-encoder token drops need the 'default' feature strategy on CLIP towers")
+        return feats, grid_index
+
     def encode_tiles(
         self, tiles: Sequence[Tile], *, newlines: bool, level: int, hooks: Sequence[VisionHook] = ()
     ) -> VisionSegment:
         if not tiles:
             raise ValueError("no tiles to encode")
+        wanted = encoder_drop_layers(hooks, len(self._tower_parts()[2]))
         with self.vision_taps(hooks) as taps:
-            feats = self._encoder_features(self._pixels(tiles))
-        g = grid_side(feats.shape[1])
+            if wanted:
+                feats, grid_index = self._encoder_features_dropping(self._pixels(tiles), wanted)
+            else:
+                feats = self._encoder_features(self._pixels(tiles))
+                grid_index = torch.arange(feats.shape[1]).expand(feats.shape[0], -1)
+        vc = self.model.config.vision_config
+        g = vc.image_size // vc.patch_size if wanted else grid_side(feats.shape[1])
         # Raster order over the level's token grid: token row i of tile row r is global row r*g + i;
         # tokens that cover only padding are dropped (the reference's bottom/right unpadding).
         per_tile = [token_boxes(tile, g, g, self.tile_size) for tile in tiles]
         order = sorted(
-            (tile.key.row * g + i, tile.key.col, t_idx, i * g + j)
+            (tile.key.row * g + q // g, tile.key.col, t_idx, q, pos)
             for t_idx, tile in enumerate(tiles)
-            for i in range(g)
-            for j in range(g)
-            if per_tile[t_idx][1][i * g + j]
+            for pos, q in enumerate(grid_index[t_idx].tolist())
+            if per_tile[t_idx][1][q]
         )
         tile_idx = torch.tensor([o[2] for o in order])
         tok_idx = torch.tensor([o[3] for o in order])
+        pos_idx = torch.tensor([o[4] for o in order])
         boxes = torch.stack(
             [per_tile[t][0][k] for t, k in zip(tile_idx.tolist(), tok_idx.tolist(), strict=True)]
         )
@@ -99,7 +145,7 @@ class LlavaAdapter(ModelAdapter):
             tile_idx, torch.full_like(tile_idx, level), boxes, torch.zeros_like(tile_idx, dtype=torch.bool)
         )
         ctx = VisionContext(level, tok_idx, tile_idx, (g, g), taps)
-        flat = feats[tile_idx.to(feats.device), tok_idx.to(feats.device)]
+        flat = feats[tile_idx.to(feats.device), pos_idx.to(feats.device)]
         for hook in hooks:
             flat, meta, ctx = apply_selection(hook.after_encoder(flat, meta, ctx), flat, meta, ctx)
         with torch.inference_mode():

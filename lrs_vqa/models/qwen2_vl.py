@@ -16,7 +16,15 @@ from PIL import Image
 from lrs_vqa.engine.decoder import PrefillInputs
 from lrs_vqa.engine.flops import LayerShape
 from lrs_vqa.engine.hooks import VisionContext, VisionHook, apply_selection
-from lrs_vqa.models.base import EncodedPrompt, ModelAdapter, TokenMeta, VisionSegment, to_pil, token_boxes
+from lrs_vqa.models.base import (
+    EncodedPrompt,
+    ModelAdapter,
+    TokenMeta,
+    UnsupportedModelError,
+    VisionSegment,
+    to_pil,
+    token_boxes,
+)
 from pyramid.dip import Tile
 from pyramid.levels import PixelBox
 
@@ -64,6 +72,12 @@ class Qwen2VLAdapter(ModelAdapter):
     ) -> VisionSegment:
         if not tiles:
             raise ValueError("no tiles to encode")
+        if any(getattr(h, "encoder_drop_layers", lambda: ())() for h in hooks):
+            # Its blocks run on flattened patches in 2x2 merge units (windowed in 2.5): not supported yet.
+            raise UnsupportedModelError(
+                "in-encoder token drops are supported for the LLaVA family (CLIP/SigLIP towers); for "
+                "Qwen-VL use the after-encoder (patch merger) or LLM hook points"
+            )
         inputs = self._image_inputs([to_pil(t, self.tile_size, self.fill) for t in tiles])
         with self.vision_taps(hooks) as taps:
             feats = self._features(inputs)
