@@ -67,6 +67,7 @@ from engine_bench import (  # noqa: E402
     reset_peak_rss,
     rss_mb,
     wait_until_quiet,
+    write_results_section,
 )
 
 import lrs_vqa.answer as answer_module  # noqa: E402
@@ -507,22 +508,6 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section (to the next ``## `` heading) or append it at the end; other
-    sections are kept byte for byte (``engine_bench.write_results_section`` is tied to ``## Engine``)."""
-    text = path.read_text() if path.exists() else ""
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    if start is None:
-        sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
-        new = text + sep + section.rstrip() + "\n"
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + section.rstrip() + "\n" + ("\n" + tail if tail else "")
-    path.write_text(new)
-
-
 def git(*args: str) -> str:
     res = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
     return res.stdout.strip()
@@ -670,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     (work / f"results-{args.size}.md").write_text(section + "\n")
     _log(f"wrote {work / f'results-{args.size}.md'} and .json ({res['runtime_min']:.1f} min)")
     if args.write_results:
-        write_section(args.results_md, section)
+        write_results_section(args.results_md, section, SECTION)
         _log(f"wrote the {SECTION!r} section of {args.results_md}")
     return 0
 

@@ -905,12 +905,12 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results_section(path: Path, section: str) -> None:
-    """Replace this benchmark's ``## Engine`` section (to the next ``## `` heading) or append it at the end.
+def write_results_section(path: Path, section: str, heading: str = "## Engine") -> None:
+    """Replace a benchmark's section (``heading`` to the next ``## `` heading) or append it at the end.
     Re-reads the file right before writing; other sections are kept byte for byte."""
     text = path.read_text() if path.exists() else ""
     lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == "## Engine"), None)
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == heading), None)
     if start is None:
         sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
         new = text + sep + section.rstrip() + "\n"

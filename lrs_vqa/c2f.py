@@ -292,28 +292,19 @@ class CoarseToFine:
             # All candidates fit the cap: the zoom is bounded anyway. Otherwise only a concentrated map may
             # zoom: a uniform one would pick an arbitrary subset (top 16 of 25 tiles always hold 64 %).
             fits = len(ranked) <= opt.max_tiles_per_level
-            if not chosen or not (fits or (share >= opt.min_focus_share and lift >= opt.min_lift)):
-                steps.append(
-                    LevelStep(
-                        **base,
-                        decision="stop: spread",
-                        next_tiles=tuple(k for k, _ in chosen),
-                        next_scores=tuple(v for _, v in chosen),
-                        focus_share=share,
-                        lift=lift,
-                    )
-                )
-                break
+            zoom = bool(chosen) and (fits or (share >= opt.min_focus_share and lift >= opt.min_lift))
             steps.append(
                 LevelStep(
                     **base,
-                    decision="zoom",
+                    decision="zoom" if zoom else "stop: spread",
                     next_tiles=tuple(k for k, _ in chosen),
                     next_scores=tuple(v for _, v in chosen),
                     focus_share=share,
                     lift=lift,
                 )
             )
+            if not zoom:
+                break
             if index == 0 and opt.keep_coarse:
                 context.append(_shift(self._prune_to(segment, scores, focus), offset))
             keys = sorted((k for k, _ in chosen), key=lambda k: (k.row, k.col))  # raster order for the LLM
