@@ -37,7 +37,7 @@ from pyramid.dip import DynamicImagePyramid, Tile, TileKey
 from pyramid.levels import PixelBox
 from rfm.base import RegionScorer, TokenScores
 
-MODES = ("default", "paper")
+MODES = ("default",)  # "paper" (the released one-hop loop, reference card §5) is not built yet
 
 
 class C2FError(ValueError):
@@ -56,6 +56,8 @@ class C2FOptions:
     keep_coarse: bool = False  # also keep the coarse level's focus tokens as context
 
     def __post_init__(self) -> None:
+        if self.mode == "paper":
+            raise C2FError("paper mode (the released one-hop loop) is not implemented yet; use default")
         if self.mode not in MODES:
             raise C2FError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if not 0 < self.keep_ratio <= 1:

@@ -208,7 +208,7 @@ def ask(
     scorer_layers: Annotated[
         int | None, typer.Option(help="c2f attention scorer: LLM layers to run (default: a quarter).")
     ] = None,
-    mode: Annotated[str, typer.Option(help="c2f: default | paper (the released one-hop loop).")] = "default",
+    mode: Annotated[str, typer.Option(help="c2f: default (paper mode is not built yet).")] = "default",
     keep_ratio: Annotated[float, typer.Option(help="c2f: most tokens a level keeps, as a share.")] = 0.25,
     max_tiles_per_level: Annotated[int, typer.Option(help="c2f: tiles read per zoom step, at most.")] = 16,
     budget_tokens: Annotated[int, typer.Option(help="c2f: vision tokens into the LLM, at most.")] = 4096,
