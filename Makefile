@@ -23,3 +23,4 @@ format: setup
 bench: setup
 	.venv/bin/python bench/pyramid_bench.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/engine_bench.py
+	HF_HUB_OFFLINE=1 .venv/bin/python bench/c2f_bench.py
