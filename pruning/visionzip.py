@@ -1,0 +1,207 @@
+"""VisionZip (pruners.md §2.4): text-agnostic selection right after the vision encoder.
+
+* Dominant tokens: the D patches the CLS token attends to most at the feature layer (head mean). Encoders
+  without CLS (SigLIP, Qwen-ViT) use the mean attention each patch *receives* (pruners.md §4), averaged over
+  Qwen's 2x2 merge unit.
+* Contextual tokens: of the remaining tokens, C evenly spaced ones (step = len // C) are targets; every other
+  remaining token joins its most similar target by cosine of the feature layer's head-mean keys, and a
+  target becomes target + mean(its members).
+
+Budget k = D + C with C = round(k · 10/64) (the card's 54+10 / 108+20 / 162+30).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lrs_vqa.engine.decoder import Selection
+from pruning.base import BudgetedVisionHook, HookSet, ModelTarget, Pruner, Signal, Stage, top_k
+from pruning.budget import Budget, Schedule, round_half_up, uniform_schedule
+from pruning.errors import PrunerConfigError
+from pruning.registry import register
+
+if TYPE_CHECKING:
+    from lrs_vqa.engine.hooks import VisionContext
+    from lrs_vqa.engine.taps import RowSelector
+    from lrs_vqa.models.base import ModelAdapter, TokenMeta
+
+METRICS = ("keys", "features")
+
+# ------------------------------------------------------------------------------------------ pure
+
+
+def cls_dominance(att: torch.Tensor, tile_index: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
+    """CLS → patch attention of each token; ``att`` (tiles, 1, 1 + patches) with CLS at key 0."""
+    return att[tile_index, 0, 1 + token_index].float()
+
+
+def received_dominance(
+    att: torch.Tensor, tile_index: torch.Tensor, token_index: torch.Tensor, merge: int = 1
+) -> torch.Tensor:
+    """Mean attention each token receives over all queries; ``att`` (tiles, queries, patches). With a
+    ``merge``×``merge`` patch merger the patches of one token are consecutive and are averaged."""
+    received = att.float().mean(1)  # (tiles, patches)
+    group = merge * merge
+    received = received.reshape(received.shape[0], -1, group).mean(-1)
+    return received[tile_index, token_index]
+
+
+def contextual_count(keep: int, share: float) -> int:
+    """C of a k = D + C budget, leaving at least one dominant token."""
+    return min(max(round_half_up(keep * share), 0), keep - 1)
+
+
+def visionzip_select(
+    dominance: torch.Tensor, metric: torch.Tensor, feats: torch.Tensor, dominant: int, contextual: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted kept indices, their features): ``dominant`` top tokens unchanged, ``contextual`` merged ones
+    placed at their target's index."""
+    n = feats.shape[0]
+    dom = top_k(dominance, dominant)
+    rest_mask = torch.ones(n, dtype=torch.bool)
+    rest_mask[dom] = False
+    rest = torch.nonzero(rest_mask).flatten()
+    if contextual == 0 or rest.numel() == 0:
+        return dom, feats[dom.to(feats.device)]
+    step = max(1, len(rest) // contextual)
+    pick = torch.arange(0, len(rest), step)[:contextual]
+    targets = rest[pick]
+    others_mask = torch.ones(len(rest), dtype=torch.bool)
+    others_mask[pick] = False
+    others = rest[others_mask]
+    merged = feats[targets.to(feats.device)].clone()
+    if others.numel():
+        unit = torch.nn.functional.normalize(metric.float(), dim=-1)
+        sim = unit[others] @ unit[targets].T  # (others, targets)
+        assign = torch.argmax(sim, dim=-1)  # first target on ties
+        sums = torch.zeros(len(targets), feats.shape[1], dtype=torch.float32)
+        sums.index_add_(0, assign, feats[others.to(feats.device)].float().cpu())
+        counts = torch.bincount(assign, minlength=len(targets))
+        has = counts > 0
+        merged[has.to(feats.device)] += (sums[has] / counts[has, None]).to(merged)
+    keep = torch.cat([dom, targets])
+    order = torch.argsort(keep)
+    new = torch.cat([feats[dom.to(feats.device)], merged])[order.to(feats.device)]
+    return keep[order], new
+
+
+# ------------------------------------------------------------------------------------------ pruner
+
+
+@dataclass(frozen=True)
+class VisionZipConfig:
+    contextual_share: float = 10 / 64  # C / (D + C)
+    metric: str = "keys"  # similarity for the contextual merge: encoder keys, or the features themselves
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.contextual_share < 1:
+            raise PrunerConfigError(
+                f"visionzip contextual_share must be in [0, 1), got {self.contextual_share}"
+            )
+        if self.metric not in METRICS:
+            raise PrunerConfigError(
+                f"visionzip metric must be one of {', '.join(METRICS)}, got {self.metric!r}"
+            )
+
+
+def _all_rows(q_len: int, kv_len: int) -> torch.Tensor:
+    return torch.arange(q_len)
+
+
+def _cls_row(q_len: int, kv_len: int) -> torch.Tensor:
+    return torch.tensor([0])
+
+
+class VisionZipHook(BudgetedVisionHook):
+    stage = Stage.AFTER_ENCODER
+
+    def __init__(self, pruner: Pruner, budget: Budget, target: ModelTarget) -> None:
+        super().__init__(pruner, budget, target)
+        self.keys: torch.Tensor | None = None  # (tiles, tokens, head_dim) captured during this encode
+        self._armed = False
+
+    def vision_tap_rows(self) -> dict[int, RowSelector]:
+        if not self.active:
+            return {}
+        # Called when an encode starts: from here until after_encoder, captured keys belong to it.
+        self.keys, self._armed = None, True
+        return {self.target.feature_layer: _cls_row if self.target.cls_token else _all_rows}
+
+    def capture_keys(self, keys: torch.Tensor) -> None:
+        if self._armed and self.active:
+            self.keys = keys.detach()
+
+    def _metric(self, feats: torch.Tensor, ctx: VisionContext, tiles: int) -> torch.Tensor:
+        keys, self.keys, self._armed = self.keys, None, False
+        if keys is not None and keys.dim() == 2 and keys.shape[0] % tiles == 0:
+            keys = keys.reshape(tiles, -1, keys.shape[-1])  # Qwen-VL: all tiles' tokens in one sequence
+        if self.pruner.config.metric == "keys" and keys is not None and keys.dim() == 3:
+            cls = 1 if self.target.cls_token else 0
+            tiles, tokens = keys.shape[0], keys.shape[1] - cls
+            # Keys line up with the grid unless an in-encoder drop shortened the sequence.
+            if int(ctx.tile_index.max()) < tiles and int(ctx.token_index.max()) < tokens:
+                return keys[ctx.tile_index, cls + ctx.token_index]
+        return feats
+
+    def select(self, feats: torch.Tensor, meta: TokenMeta, ctx: VisionContext, keep: int) -> Selection:
+        layer = self.target.feature_layer
+        if layer not in ctx.taps:
+            raise PrunerConfigError("visionzip found no encoder attention for this group of tiles")
+        att = ctx.taps[layer].cpu()
+        tile, token = ctx.tile_index.cpu(), ctx.token_index.cpu()
+        if self.target.cls_token:
+            dominance = cls_dominance(att, tile, token)
+        else:
+            dominance = received_dominance(att, tile, token, self.target.merge)
+        metric = self._metric(feats, ctx, att.shape[0]).cpu()
+        contextual = contextual_count(keep, self.pruner.config.contextual_share)
+        index, new = visionzip_select(dominance, metric, feats, keep - contextual, contextual)
+        return Selection(index, new)
+
+
+@register("visionzip")
+class VisionZip(Pruner):
+    paper = (
+        "Yang et al., 'VisionZip: Longer is Better but Not Necessary in Vision Language Models', CVPR 2025, "
+        "arXiv:2412.04467"
+    )
+    stages = (Stage.AFTER_ENCODER,)
+    signals = (Signal.VIT_ATTN_CLS, Signal.VIT_KEYS)
+    Config = VisionZipConfig
+
+    def plan(self, budget: Budget, n_vision: int, n_layers: int) -> Schedule:
+        return uniform_schedule(n_vision, Budget.parse(budget).uniform_count(n_vision), n_layers)
+
+    def hooks(self, budget: Budget | str | int | float, target: ModelTarget) -> HookSet:
+        return HookSet((VisionZipHook(self, Budget.parse(budget), target),), ())
+
+    def instrument(self, adapter: ModelAdapter, hooks: HookSet) -> list[Any]:
+        """A forward hook on the feature layer's key projection (removed by ``detach``)."""
+        ours = [h for h in hooks.vision if isinstance(h, VisionZipHook)]
+        if not ours or self.config.metric != "keys":
+            return []
+        target = ours[0].target
+        attn = adapter.vision_attention_modules()[target.feature_layer]
+        heads = int(getattr(attn, "num_heads", 1))
+        if hasattr(attn, "k_proj"):  # CLIP / SigLIP: (tiles, seq, heads * head_dim)
+
+            def on_keys(module: torch.nn.Module, args: Any, out: torch.Tensor) -> None:
+                keys = out.reshape(*out.shape[:-1], heads, -1).mean(-2)
+                for hook in ours:
+                    hook.capture_keys(keys)
+
+            return [attn.k_proj.register_forward_hook(on_keys)]
+        if hasattr(attn, "qkv"):  # Qwen-VL: (patches of all tiles, 3 * heads * head_dim), tiles equal-sized
+
+            def on_qkv(module: torch.nn.Module, args: Any, out: torch.Tensor) -> None:
+                keys = out.reshape(out.shape[0], 3, heads, -1)[:, 1].mean(1)  # (patches, head_dim)
+                group = target.merge * target.merge  # a token's patches are consecutive
+                per_token = keys.reshape(-1, group, keys.shape[-1]).mean(1)  # (tokens of all tiles, head_dim)
+                for hook in ours:
+                    hook.capture_keys(per_token)
+
+            return [attn.qkv.register_forward_hook(on_qkv)]
+        return []
