@@ -67,6 +67,7 @@ class ModelTarget:
     feature_layer: int = -1  # index (>= 0) of the encoder attention module whose layer yields the features
     cls_token: bool = False  # the encoder has a CLS token at position 0 (CLIP)
     merge: int = 1  # encoder patches per token side (Qwen-VL's 2x2 patch merger: 2)
+    window_order: bool = False  # encoder blocks see patches in window order (Qwen2.5-VL), not raster order
 
     @staticmethod
     def from_adapter(adapter: ModelAdapter) -> ModelTarget:
@@ -88,6 +89,7 @@ class ModelTarget:
             feature_layer=feature,
             cls_token=cls,
             merge=int(getattr(adapter, "merge", 1)),
+            window_order=getattr(cfg.vision_config, "fullatt_block_indexes", None) is not None,
         )
 
 
@@ -292,7 +294,7 @@ class ScheduledLayerHook(PrunerHook):
             self._scores = (view.orig_index[vision].clone(), scores)
             return self.stage_selection(view, vision, scores, target)
         orig, stored = self._scores
-        scores = stored[map_rows(orig, view.orig_index[vision])]
+        scores = stored[map_rows(orig, view.orig_index[vision]).to(stored.device)]
         return selection_keeping(view, vision[top_k(scores, target)])
 
     def _attention(self, view: LayerView, vision: torch.Tensor) -> torch.Tensor | None:

@@ -75,7 +75,7 @@ def dpc_knn(x: torch.Tensor, clusters: int, knn: int) -> tuple[torch.Tensor, tor
     m = x.shape[0]
     if clusters >= m:
         return torch.arange(m), torch.arange(m)
-    x = x.float()
+    x = x.detach().float().cpu()  # a few dozen points: CPU keeps index tensors and results on one device
     dist = torch.cdist(x, x) / math.sqrt(x.shape[1])
     nearest = torch.topk(dist, min(knn, m), dim=-1, largest=False).values
     density = torch.exp(-(nearest**2).mean(-1))
@@ -92,7 +92,9 @@ def dpc_knn(x: torch.Tensor, clusters: int, knn: int) -> tuple[torch.Tensor, tor
 
 
 def cluster_means(x: torch.Tensor, assign: torch.Tensor, clusters: int) -> torch.Tensor:
-    sums = torch.zeros(clusters, x.shape[1], dtype=torch.float32).index_add_(0, assign, x.float())
+    assign = assign.to(x.device)
+    sums = torch.zeros(clusters, x.shape[1], dtype=torch.float32, device=x.device)
+    sums.index_add_(0, assign, x.float())
     counts = torch.bincount(assign, minlength=clusters).clamp(min=1)
     return (sums / counts[:, None]).to(x.dtype)
 
@@ -185,12 +187,13 @@ class SparseVLMHook(ScheduledLayerHook):
         candidates = vision[dropped[:count].to(vision.device)]
         states = view.hidden[0, candidates]
         centres, assign = dpc_knn(states, clusters, cfg.knn)
-        means = cluster_means(states, assign.to(states.device), clusters)
-        kept = torch.cat([vision[torch.sort(order[:top_n]).values.to(vision.device)], candidates[centres]])
+        means = cluster_means(states, assign, clusters)
+        centre_rows = candidates[centres.to(candidates.device)]
+        kept = torch.cat([vision[torch.sort(order[:top_n]).values.to(vision.device)], centre_rows])
         selection = selection_keeping(view, kept)
         # Each cluster lives on as its centre's row, carrying the cluster's mean state.
         hidden = view.hidden[:, selection.keep].clone()
-        where = torch.searchsorted(selection.keep, candidates[centres])
+        where = torch.searchsorted(selection.keep, centre_rows)
         hidden[0, where] = means.to(hidden)
         return Selection(selection.keep, hidden)
 

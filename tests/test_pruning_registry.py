@@ -124,3 +124,11 @@ def test_register_refuses_duplicates_and_bad_names() -> None:
         with pytest.raises(PruningError, match="bad pruner name"):
             register(bad)
     assert PRUNERS["fastv"] is FastV
+
+
+def test_visionzip_refuses_a_window_ordered_encoder() -> None:
+    target = ModelTarget(
+        family="qwen2_vl", llm_layers=28, vision_layers=32, feature_layer=31, window_order=True
+    )
+    with pytest.raises(PrunerConfigError, match=r"Qwen2\.5-VL"):
+        get_pruner("visionzip").hooks("64", target)
