@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from lrs_vqa.models.base import ModelAdapter, UnsupportedModelError
+from lrs_vqa.models.largeimg import LargeImgAdapter
 from lrs_vqa.models.llava import LlavaAdapter
 from lrs_vqa.models.qwen2_vl import Qwen2VLAdapter
 
@@ -25,6 +26,10 @@ def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
 
 register_adapter(LlavaAdapter)
 register_adapter(Qwen2VLAdapter)
+
+# Adapters picked by the checkpoint's layout before any model-type lookup (their configs are not loadable
+# with AutoConfig): each has ``claims(source)`` and ``from_checkpoint(source, device=, dtype=)``.
+LAYOUT_ADAPTERS: list[type[LargeImgAdapter]] = [LargeImgAdapter]
 
 DTYPES = {
     "float32": torch.float32,
@@ -63,6 +68,9 @@ def load_adapter(source: str, *, device: str = "cpu", dtype: str = "float32") ->
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    for layout_cls in LAYOUT_ADAPTERS:
+        if layout_cls.claims(source):
+            return layout_cls.from_checkpoint(source, device=device, dtype=DTYPES[dtype])
     model_type = _model_type(source)
     adapter_cls = ADAPTERS.get(model_type)
     if adapter_cls is None:
