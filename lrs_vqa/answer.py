@@ -23,15 +23,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from lrs_vqa.c2f import C2FOptions, C2FResult, CoarseToFine
+from lrs_vqa.c2f import C2FOptions, C2FResult, CoarseToFine, shift_tiles
 from lrs_vqa.engine.decoder import LayerHook
 from lrs_vqa.engine.flops import flops_report
 from lrs_vqa.engine.hooks import VisionHook
 from lrs_vqa.heatmap import render_heatmap, write_heatmap
-from lrs_vqa.models.base import EncodedPrompt, ModelAdapter, TokenMeta, VisionSegment
+from lrs_vqa.models.base import EncodedPrompt, ModelAdapter, VisionSegment
 from lrs_vqa.records import AnswerRecord, RunStats, TileRecord
 from pyramid.dip import DynamicImagePyramid, PyramidOptions, Tile
 from pyramid.levels import PyramidSpec
+from pyramid.pool import PyramidPool
 from rfm.attention import AttentionScorer
 from rfm.base import RegionScorer
 
@@ -95,13 +96,6 @@ def region_scorer(adapter: ModelAdapter, options: AskOptions) -> RegionScorer:
     raise StrategyError(f"unknown scorer {options.scorer!r}; choose one of {', '.join(SCORERS)}")
 
 
-def _shift(segment: VisionSegment, offset: int) -> VisionSegment:
-    tile = torch.where(segment.meta.tile >= 0, segment.meta.tile + offset, segment.meta.tile)
-    return replace(
-        segment, meta=TokenMeta(tile, segment.meta.level, segment.meta.boxes, segment.meta.newline)
-    )
-
-
 def _gather(
     adapter: ModelAdapter,
     dip: DynamicImagePyramid,
@@ -147,7 +141,9 @@ def _gather(
         tiles = list(dip.stream(dip.all_tiles(level.index)))
         seg0 = adapter.encode_tiles([thumb], newlines=False, level=-1, hooks=vision_hooks)
         seg1 = adapter.encode_tiles(tiles, newlines=True, level=level.index, hooks=vision_hooks)
-        return _Gathered([seg0, _shift(seg1, 1)], [thumb, *tiles], ["thumbnail"] + ["level"] * len(tiles))
+        return _Gathered(
+            [seg0, shift_tiles(seg1, 1)], [thumb, *tiles], ["thumbnail"] + ["level"] * len(tiles)
+        )
     raise StrategyError(f"unknown strategy {options.strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
@@ -187,10 +183,12 @@ def answer(
     llm_hooks: Sequence[LayerHook] = (),
     vision_hooks: Sequence[VisionHook] = (),
     heatmap: str | Path | None = None,
+    pyramids: PyramidPool | None = None,
 ) -> AnswerRecord:
     """Answer ``question`` about ``image`` and report what was read and what it cost.
 
-    ``heatmap``: with ``c2f``, also write the coarse-level token scores over the image as a PNG."""
+    ``heatmap``: with ``c2f``, also write the coarse-level token scores over the image as a PNG.
+    ``pyramids``: borrow the image's pyramid from this pool (kept open for the next question about it)."""
     options = options or AskOptions()
     if options.strategy not in STRATEGIES:
         raise StrategyError(f"unknown strategy {options.strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -202,7 +200,8 @@ def answer(
     _reset_peak_memory(adapter.device)
     t_start = time.perf_counter()
     popts = replace(options.pyramid, spec=pyramid_spec_for(adapter))
-    with DynamicImagePyramid.open(image, popts) as dip:
+    opened = pyramids.lend(image, popts) if pyramids is not None else DynamicImagePyramid.open(image, popts)
+    with opened as dip:
         t0 = time.perf_counter()
         gathered = _gather(adapter, dip, question, options, vision_hooks)
         t_gather = time.perf_counter() - t0

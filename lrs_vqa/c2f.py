@@ -37,7 +37,7 @@ from pyramid.dip import DynamicImagePyramid, Tile, TileKey
 from pyramid.levels import PixelBox
 from rfm.base import RegionScorer, TokenScores
 
-MODES = ("default",)  # "paper" (the released one-hop loop, reference card §5) is not built yet
+MODES = ("default", "paper")  # paper: the released one-hop loop (lrs_vqa.c2f_paper, reference card §5)
 
 
 class C2FError(ValueError):
@@ -56,8 +56,6 @@ class C2FOptions:
     keep_coarse: bool = False  # also keep the coarse level's focus tokens as context
 
     def __post_init__(self) -> None:
-        if self.mode == "paper":
-            raise C2FError("paper mode (the released one-hop loop) is not implemented yet; use default")
         if self.mode not in MODES:
             raise C2FError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if not 0 < self.keep_ratio <= 1:
@@ -88,6 +86,7 @@ class LevelStep:
     next_scores: tuple[float, ...] = ()
     focus_share: float | None = None  # share of the view's score mass the next tiles hold
     lift: float | None = None  # that share over the share of the view's area they cover
+    next_boxes: tuple[PixelBox, ...] = ()  # level-0 boxes of next_tiles where they are not pyramid tiles
 
     def describe(self) -> dict[str, object]:
         return {
@@ -164,14 +163,14 @@ def tile_votes(
     return votes
 
 
-def _per_tile(scores: TokenScores, n_tiles: int) -> list[float]:
+def tile_mass(scores: TokenScores, n_tiles: int) -> list[float]:
     real = scores.meta.tile >= 0
     mass = torch.zeros(n_tiles, dtype=torch.float64)
     mass.index_add_(0, scores.meta.tile[real], scores.scores[real].double())
     return mass.tolist()
 
 
-def _shift(segment: VisionSegment, offset: int) -> VisionSegment:
+def shift_tiles(segment: VisionSegment, offset: int) -> VisionSegment:
     tile = torch.where(segment.meta.tile >= 0, segment.meta.tile + offset, segment.meta.tile)
     return replace(
         segment, meta=TokenMeta(tile, segment.meta.level, segment.meta.boxes, segment.meta.newline)
@@ -245,6 +244,10 @@ class CoarseToFine:
 
     def run(self, dip: DynamicImagePyramid, question: str) -> C2FResult:
         opt = self.options
+        if opt.mode == "paper":
+            from lrs_vqa.c2f_paper import PaperLoop
+
+            return PaperLoop(self.adapter, self.scorer, opt.keep_ratio, self.hooks).run(dip, question)
         thumb = dip.thumbnail()
         seg_thumb = self._encode([thumb], -1, newlines=False)
         thumb_tokens = len(self.adapter.present_rows(seg_thumb))
@@ -271,7 +274,7 @@ class CoarseToFine:
             offset = len(tiles)
             tiles += level_tiles
             roles += ["coarse" if index == 0 else "zoom"] * len(level_tiles)
-            per_tile = _per_tile(scores, len(level_tiles))
+            per_tile = tile_mass(scores, len(level_tiles))
             tile_scores += per_tile
             focus = focus_rows(scores.scores, scores.meta.newline, opt.focus_mass)
             base = {
@@ -308,14 +311,14 @@ class CoarseToFine:
             if not zoom:
                 break
             if index == 0 and opt.keep_coarse:
-                context.append(_shift(self._prune_to(segment, scores, focus), offset))
+                context.append(shift_tiles(self._prune_to(segment, scores, focus), offset))
             keys = sorted((k for k, _ in chosen), key=lambda k: (k.row, k.col))  # raster order for the LLM
             index += 1
 
         room = opt.budget_tokens - thumb_tokens - sum(len(self.adapter.present_rows(s)) for s in context)
         final, _ = self._final(segment, scores, room)
         return C2FResult(
-            segments=[seg_thumb, *context, _shift(final, offset)],
+            segments=[seg_thumb, *context, shift_tiles(final, offset)],
             tiles=tiles,
             roles=roles,
             steps=steps,

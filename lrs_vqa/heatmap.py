@@ -65,9 +65,9 @@ def render_heatmap(
     image = Image.fromarray(blended)
     draw = ImageDraw.Draw(image)
     for depth, step in enumerate(s for s in steps if s.decision == "zoom"):
-        level = dip.level(step.level + 1)
-        for key in step.next_tiles:
-            b = level.tile_box(key.row, key.col)
+        level = dip.level(step.level + 1) if not step.next_boxes else None
+        for i, key in enumerate(step.next_tiles):
+            b = step.next_boxes[i] if level is None else level.tile_box(key.row, key.col)
             rect = (
                 b.x0 / coarse.factor_x,
                 b.y0 / coarse.factor_y,

@@ -18,6 +18,7 @@ no resampling); otherwise, and for the coarse level and the thumbnail, by GDAL a
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -343,6 +344,54 @@ class DynamicImagePyramid:
             pixels,
             valid,
         )
+
+    def read_resampled(
+        self, box: tuple[float, float, float, float], out_width: int, out_height: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Level-0 box ``(x0, y0, x1, y1)`` (fractional) resampled to ``out_width × out_height`` (bilinear,
+        pixel centres), read from the coarsest level that still has the needed resolution. Counts as one
+        tile read. For grids that are not the pyramid's own (the released code's upsampled levels)."""
+        x0, y0, x1, y1 = box
+        if out_width < 1 or out_height < 1 or x1 <= x0 or y1 <= y0:
+            raise ValueError(f"empty resampled read {box} -> {out_width}x{out_height}")
+        step_x, step_y = (x1 - x0) / out_width, (y1 - y0) / out_height  # level-0 px per output px
+        level = next(
+            (lv for lv in self.levels if lv.factor_x <= step_x + 1e-9 and lv.factor_y <= step_y + 1e-9),
+            self.levels[-1],
+        )
+        fx, fy = level.factor_x, level.factor_y
+        read = PixelBox(
+            max(0, math.floor(x0 / fx) - 1),
+            max(0, math.floor(y0 / fy) - 1),
+            min(level.width, math.ceil(x1 / fx) + 1),
+            min(level.height, math.ceil(y1 / fy) + 1),
+        )
+        pixels, valid = self.read_level_region(level, read)
+        # Output pixel centre u + 0.5 lies at level-0 x0 + (u + 0.5)·step_x, i.e. at array column
+        # (x0 + (u + 0.5)·step_x) / fx − read.x0 − 0.5.
+        matrix = np.array(
+            [
+                [step_x / fx, 0.0, (x0 + 0.5 * step_x) / fx - read.x0 - 0.5],
+                [0.0, step_y / fy, (y0 + 0.5 * step_y) / fy - read.y0 - 0.5],
+            ]
+        )
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        out = cv2.warpAffine(
+            pixels, matrix, (out_width, out_height), flags=flags, borderMode=cv2.BORDER_REPLICATE
+        )
+        out_valid = None
+        if valid is not None:
+            warped = cv2.warpAffine(
+                valid.astype(np.uint8),
+                matrix,
+                (out_width, out_height),
+                flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+            out_valid = None if warped.all() else warped.astype(bool)
+        with self._lock:
+            self.tiles_read += 1
+        return out, out_valid
 
     def thumbnail(self) -> Tile:
         """The global view: the whole image with long side ``spec.thumbnail_size`` (one tile)."""
