@@ -1,13 +1,16 @@
 # Every target creates .venv and installs what it needs first (scripts/setup.sh), so each works on a fresh clone.
-.PHONY: setup demo test lint format bench
+.PHONY: setup system-deps demo test lint format bench
 
 setup:
 	scripts/setup.sh
 
+system-deps:
+	scripts/system-deps.sh
+
 demo: setup
 	scripts/demo.sh
 
-test: setup
+test: setup system-deps
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/python -m pytest

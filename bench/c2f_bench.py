@@ -8,9 +8,8 @@ subprocess so the peak RSS (VmHWM) is that run's own:
 * ``anyres``            — the model's own processing of the coarse level (the paper's anyres baseline);
 * ``c2f/attention``     — the coarse-to-fine loop, training-free attention scorer (a quarter of the LLM);
 * ``c2f/rfm``           — the loop with a Region Focus Module of N=4 (5 layers) initialised from the host
-                          LLM's layers, as the paper does (``rfm.module``; "not available" while absent);
-* ``c2f-paper/...``     — ``C2FOptions(mode="paper")`` with either scorer ("not yet measured" while the
-                          loop does not implement the mode);
+                          LLM's layers, as the paper does (``rfm.module.RegionFocusModule.from_host``);
+* ``c2f-paper/...``     — ``C2FOptions(mode="paper")``: the released one-hop loop, with either scorer;
 * ``c2f/planted``       — a PLANTED relevance map: the attention scorer's pass is run (its time and FLOPs
                           count) and its scores are replaced by a map concentrated on one ship of the scene,
                           as a trained model's concentrated scores would be. It shows what a descent to the
@@ -34,11 +33,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
-import inspect
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -71,7 +67,6 @@ from engine_bench import (  # noqa: E402
 )
 
 import lrs_vqa.answer as answer_module  # noqa: E402
-import lrs_vqa.c2f as c2f_module  # noqa: E402
 from lrs_vqa.answer import AskOptions, answer  # noqa: E402
 from lrs_vqa.c2f import C2FOptions  # noqa: E402
 from lrs_vqa.engine.flops import flops_report  # noqa: E402
@@ -142,45 +137,12 @@ class PlantedOverScorer:
         return TokenScores(s / s.sum(), base.rows, base.meta, tflops=base.tflops)
 
 
-def rfm_status() -> tuple[bool, str]:
-    """Whether ``rfm/module.py`` (RegionFocusModule / RFMScorer) exists in this checkout."""
-    if importlib.util.find_spec("rfm.module") is None:
-        return False, "rfm/module.py does not exist in this checkout"
-    try:
-        import rfm.module as mod
-    except Exception as exc:  # mid-edit by its author
-        return False, f"rfm.module does not import ({type(exc).__name__}: {str(exc)[:100]})"
-    missing = [n for n in ("RegionFocusModule", "RFMScorer") if not hasattr(mod, n)]
-    if missing:
-        return False, f"rfm.module lacks {', '.join(missing)}"
-    return True, "rfm.module"
-
-
 def build_rfm_scorer(adapter: Any) -> tuple[RegionScorer, str]:
-    """An RFM of N=4 (5 layers) initialised from the host LLM's layers, wrapped as a region scorer."""
-    import rfm.module as mod
+    """An RFM of N=4 (5 layers) initialised from the host LLM's layers (the paper's initialisation)."""
+    from rfm.module import RegionFocusModule, RFMScorer
 
-    for name in ("from_host", "from_llm", "init_from_llm", "from_adapter"):
-        make = getattr(mod.RegionFocusModule, name, None) or getattr(mod, name, None)
-        if make is not None:
-            break
-    else:
-        raise RuntimeError("rfm.module has no initialiser from the host LLM (from_host / from_llm / ...)")
-    params = inspect.signature(make).parameters
-    kwargs = {k: RFM_LAYERS for k in ("n", "n_layers", "num_layers", "N") if k in params}
-    first = next(iter(params))
-    module = make(adapter, **kwargs) if first in ("adapter", "host") else make(adapter.model, **kwargs)
-    args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-    return mod.RFMScorer(module), f"rfm.module.RegionFocusModule.{make.__name__}({args})"
-
-
-def paper_mode_status() -> tuple[bool, str]:
-    """Whether ``lrs_vqa/c2f.py`` branches on ``mode`` (else ``mode="paper"`` just runs the default loop)."""
-    src = inspect.getsource(c2f_module)
-    body = src.split("def __post_init__", 1)[-1].split("\n\n\n", 1)[-1]  # skip the option check
-    if re.search(r"paper|\.mode\b", body):
-        return True, "lrs_vqa/c2f.py branches on mode"
-    return False, 'C2FOptions accepts mode="paper" but lrs_vqa/c2f.py does not branch on it yet'
+    module = RegionFocusModule.from_host(adapter, n_layers=RFM_LAYERS)
+    return RFMScorer(module), f"rfm.module.RegionFocusModule.from_host(n_layers={RFM_LAYERS})"
 
 
 def planted_ship(size: int, scene: str) -> dict[str, Any]:
@@ -531,7 +493,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-ratio", type=float, default=C2FOptions.keep_ratio, help="c2f final keep ratio")
     ap.add_argument("--question", default=QUESTION)
     ap.add_argument("--no-warmup", action="store_true", help="skip the unmeasured warm-up question")
-    ap.add_argument("--force-paper", action="store_true", help="run paper mode even if c2f.py ignores it")
     ap.add_argument("--wait-quiet", type=float, default=900.0, help="max seconds to wait for a quiet machine")
     ap.add_argument("--write-results", action="store_true", help=f"write the {SECTION!r} section")
     ap.add_argument("--results-md", type=Path, default=ROOT / "bench" / "RESULTS.md")
@@ -579,26 +540,10 @@ def main(argv: list[str] | None = None) -> int:
     res["planted"] = planted_ship(args.size, scene)
     _log(f"scene {scene} ({res['scene']['kind']}); planted region {res['planted']}")
 
-    rfm_ok, rfm_why = rfm_status()
-    paper_ok, paper_why = paper_mode_status()
-    paper_ok = paper_ok or args.force_paper
-    _log(f"rfm scorer: {rfm_why}; paper mode: {paper_why}{' (forced)' if args.force_paper else ''}")
-    if not rfm_ok and any(c.endswith("/rfm") for c in configs):
-        res["notes"].append(f"`c2f/rfm`: not available — {rfm_why} (checked {time.strftime('%H:%M')}).")
-    if not paper_ok and any(c.startswith("c2f-paper") for c in configs):
-        res["notes"].append(f"`c2f-paper/*`: not yet measured — {paper_why}.")
-
     res["quiet"] = wait_until_quiet(args.wait_quiet)
     _log(f"machine quiet: {res['quiet']['quiet']} (waited {res['quiet']['waited_s']} s)")
     res["runs"] = {}
     for name in configs:
-        _, mode, scorer = parse_config(name)
-        if scorer == "rfm" and not rfm_ok:
-            res["runs"][name] = {"config": name, "skipped": "not available (no RFM module)"}
-            continue
-        if mode == "paper" and not paper_ok:
-            res["runs"][name] = {"config": name, "skipped": "**not yet measured** (paper mode not built)"}
-            continue
         cfg = {
             "config": name,
             "checkpoint": str(ckpt),

@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -33,6 +34,9 @@ from lrs_vqa.records import AnswerRecord, RunStats, TileRecord
 from pyramid.dip import DynamicImagePyramid, PyramidOptions, Tile
 from pyramid.levels import PyramidSpec
 from pyramid.pool import PyramidPool
+
+if TYPE_CHECKING:
+    from pruning.base import Attachment
 from rfm.attention import AttentionScorer
 from rfm.base import RegionScorer
 
@@ -56,6 +60,11 @@ class AskOptions:
     c2f: C2FOptions = field(default_factory=C2FOptions)
     scorer: str = "attention"  # c2f: "attention" (training-free, any model) | "rfm" (trained RFM weights)
     scorer_layers: int | None = None  # attention scorer: LLM layers to run (None: a quarter of them)
+    # A registered token pruner (``pruning.registry``: "fastv", "visionzip+fastv", "fastv:layer=3") and its
+    # budget ("64" tokens into the LLM, "avg:128" over layers, "0.25" ratio; a chain takes "192+0.5"). With
+    # c2f it compresses the final tiles' tokens in place of the loop's own final prune.
+    pruner: str | None = None
+    budget: str | None = None
 
 
 @functools.lru_cache(maxsize=2)
@@ -102,9 +111,19 @@ def _gather(
     question: str,
     options: AskOptions,
     vision_hooks: Sequence[VisionHook],
+    pruner_hooks: Sequence[VisionHook] | None = None,
 ) -> _Gathered:
+    """``pruner_hooks``: a pruner's vision-side hooks (c2f applies them to the final level only; the
+    other strategies to every encoded group, like ``vision_hooks``)."""
+    if pruner_hooks and options.strategy != "c2f":
+        if options.strategy == "anyres":
+            raise StrategyError(
+                "anyres uses the model's own processing: vision-side pruners need c2f, global or tiles-all"
+            )
+        vision_hooks = (*vision_hooks, *pruner_hooks)
     if options.strategy == "c2f":
-        loop = CoarseToFine(adapter, region_scorer(adapter, options), options.c2f, vision_hooks)
+        scorer = region_scorer(adapter, options)
+        loop = CoarseToFine(adapter, scorer, options.c2f, vision_hooks, pruner_hooks)
         result = loop.run(dip, question)
         return _Gathered(result.segments, result.tiles, result.roles, c2f=result)
     thumb = dip.thumbnail()
@@ -200,10 +219,54 @@ def answer(
     _reset_peak_memory(adapter.device)
     t_start = time.perf_counter()
     popts = replace(options.pyramid, spec=pyramid_spec_for(adapter))
-    opened = pyramids.lend(image, popts) if pyramids is not None else DynamicImagePyramid.open(image, popts)
+    with contextlib.ExitStack() as stack:
+        pruner_hooks = None
+        if options.pruner is not None:  # detached again however the answer ends
+            attachment = stack.enter_context(_attach_pruner(adapter, options))
+            pruner_hooks = attachment.vision_hooks
+            llm_hooks = (*llm_hooks, *attachment.llm_hooks)
+        opened = (
+            pyramids.lend(image, popts) if pyramids is not None else DynamicImagePyramid.open(image, popts)
+        )
+        record = _answer_with(
+            adapter,
+            opened,
+            question,
+            options,
+            (device, dtype),
+            llm_hooks,
+            vision_hooks,
+            pruner_hooks,
+            heatmap,
+            t_start,
+        )
+    return record
+
+
+def _attach_pruner(adapter: ModelAdapter, options: AskOptions) -> Attachment:
+    from pruning.registry import get_pruner
+
+    if options.budget is None:
+        raise StrategyError("a pruner needs a budget: --budget 64 (tokens), avg:128 or 0.25 (ratio)")
+    return get_pruner(options.pruner).attach(adapter, options.budget)  # type: ignore[arg-type]
+
+
+def _answer_with(
+    adapter: ModelAdapter,
+    opened: contextlib.AbstractContextManager[DynamicImagePyramid],
+    question: str,
+    options: AskOptions,
+    where: tuple[str, str],
+    llm_hooks: Sequence[LayerHook],
+    vision_hooks: Sequence[VisionHook],
+    pruner_hooks: Sequence[VisionHook] | None,
+    heatmap: str | Path | None,
+    t_start: float,
+) -> AnswerRecord:
+    device, dtype = where  # as the caller gave them (for the record)
     with opened as dip:
         t0 = time.perf_counter()
-        gathered = _gather(adapter, dip, question, options, vision_hooks)
+        gathered = _gather(adapter, dip, question, options, vision_hooks, pruner_hooks)
         t_gather = time.perf_counter() - t0
         image_info = {**dip.info.describe(), "levels": [lvl.describe() for lvl in dip.levels]}
         if heatmap is not None and gathered.c2f is not None and gathered.c2f.coarse_scores is not None:
@@ -294,5 +357,6 @@ def answer(
                 if options.strategy == "c2f"
                 else {}
             ),
+            **({"pruner": options.pruner, "budget": options.budget} if options.pruner is not None else {}),
         },
     )

@@ -186,11 +186,16 @@ class CoarseToFine:
         scorer: RegionScorer,
         options: C2FOptions | None = None,
         vision_hooks: Sequence[VisionHook] = (),
+        pruner_hooks: Sequence[VisionHook] | None = None,
     ) -> None:
+        """``pruner_hooks``: a token pruner compresses the final level instead of the loop's own final prune:
+        the final tiles are re-encoded with these (vision-side) hooks, or, when there are none (an LLM-side
+        pruner), handed to the LLM whole."""
         self.adapter = adapter
         self.scorer = scorer
         self.options = options or C2FOptions()
         self.hooks = vision_hooks
+        self.pruner_hooks = pruner_hooks
 
     def _encode(self, tiles: Sequence[Tile], level: int, newlines: bool) -> VisionSegment:
         return self.adapter.encode_tiles(tiles, newlines=newlines, level=level, hooks=self.hooks)
@@ -315,8 +320,17 @@ class CoarseToFine:
             keys = sorted((k for k, _ in chosen), key=lambda k: (k.row, k.col))  # raster order for the LLM
             index += 1
 
-        room = opt.budget_tokens - thumb_tokens - sum(len(self.adapter.present_rows(s)) for s in context)
-        final, _ = self._final(segment, scores, room)
+        if self.pruner_hooks is None:
+            room = opt.budget_tokens - thumb_tokens - sum(len(self.adapter.present_rows(s)) for s in context)
+            final, _ = self._final(segment, scores, room)
+        elif self.pruner_hooks:
+            final = self.adapter.encode_tiles(
+                level_tiles, newlines=True, level=index, hooks=self.pruner_hooks
+            )
+            encoded += final.tokens_encoded
+            images += final.images_encoded
+        else:
+            final = segment
         return C2FResult(
             segments=[seg_thumb, *context, shift_tiles(final, offset)],
             tiles=tiles,
