@@ -310,6 +310,30 @@ def pruners(
     out.print(table)
 
 
+_PRUNER_TOOLS = {
+    "adaptinfer": "pruning.adaptinfer",  # analyse: stage layers from attention shifts on sample images
+    "vflowopt": "pruning.vflowopt",  # calibrate: hyper-parameters by last-token discrepancy
+    "lvpruning": "pruning.lvpruning",  # train: the decision modules, base model frozen
+}
+
+
+@app.command("pruner-tool", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def pruner_tool(
+    ctx: typer.Context,
+    method: Annotated[str, typer.Argument(help="adaptinfer | vflowopt | lvpruning")],
+) -> None:
+    """Offline tools of the pruners: `adaptinfer analyse` (a schedule from attention shifts), `vflowopt
+    calibrate` (tune by last-token discrepancy), `lvpruning train` (decision modules). The arguments after
+    METHOD go to the tool; `lrs-vqa pruner-tool METHOD COMMAND -h` lists them."""
+    import importlib
+
+    if method not in _PRUNER_TOOLS:
+        raise UsageError(f"no offline tool for {method!r}; choose one of {', '.join(_PRUNER_TOOLS)}")
+    code = importlib.import_module(_PRUNER_TOOLS[method]).main(list(ctx.args))
+    if code:
+        raise typer.Exit(code)
+
+
 # ------------------------------------------------------------------------------ score / eval / merge / batch
 # Options shared by ``eval`` and ``batch`` (the same meaning as in ``ask``).
 _Model = Annotated[str, typer.Option(help="Hub id or local checkpoint folder.")]

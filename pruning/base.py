@@ -51,10 +51,15 @@ class Signal(StrEnum):
     LLM_ATTN_TEXT_RATERS = "llm attention: instruction (rater) rows -> vision"
     LLM_INPUT_EMBEDDINGS = "llm input embeddings (rater choice)"
     LLM_HIDDEN = "llm hidden states (merging)"
+    LLM_TRANSITIONS = "llm token transitions (attention / FFN input -> output)"
     VIT_ATTN_CLS = "encoder attention: CLS row (no CLS: mean received attention)"
     VIT_KEYS = "encoder keys (head mean)"
     VISION_FEATURES = "vision features"
     RANDOM = "none (seeded random)"
+    LLM_ATTN_TEXT_ROWS = "llm attention: text rows -> text and vision"
+    LLM_HIDDEN_TRAINED = "llm hidden states of vision and question rows (trained modules)"
+    VIT_ATTN_ALL = "encoder attention: all rows (received attention, context rows)"
+    PIXELS = "pixels (patch grey-level entropy)"
 
 
 @dataclass(frozen=True)

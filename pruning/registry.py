@@ -31,6 +31,13 @@ _BUILTIN_MODULES = (
     "pruning.visionzip",
     "pruning.divprune",
     "pruning.random_keep",
+    "pruning.transprune",
+    "pruning.star",
+    "pruning.ptp",
+    "pruning.vscan",
+    "pruning.adaptinfer",
+    "pruning.vflowopt",
+    "pruning.lvpruning",
 )
 
 P = TypeVar("P", bound=type[Pruner])

@@ -96,3 +96,14 @@ def test_bad_pruner_settings_are_one_line_errors(tiny: str, scene: Path, capsys)
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     with pytest.raises(StrategyError, match="anyres"):
         answer(scene, "q?", model=tiny, options=AskOptions(strategy="anyres", pruner="random", budget="8"))
+
+
+def test_pruner_tool_runs_the_adaptinfer_analysis(tiny: str, scene: Path, tmp_path: Path) -> None:
+    out = tmp_path / "schedule.json"
+    args = ["pruner-tool", "adaptinfer", "analyse", tiny, str(scene), "--stages", "2", "--out", str(out)]
+    assert main(args) == 0
+    schedule = json.loads(out.read_text())
+    assert schedule  # the analysis wrote a schedule the pruner can read back ...
+    rec = ask(tiny, scene, tmp_path, pruner=f"adaptinfer:schedule={out}", budget="16")
+    assert rec.stats.final_vision_tokens == 16  # ... and honours the budget with it
+    assert main(["pruner-tool", "nope"]) == 2
