@@ -27,3 +27,4 @@ bench: setup
 	.venv/bin/python bench/pyramid_bench.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/engine_bench.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/c2f_bench.py
+	HF_HUB_OFFLINE=1 .venv/bin/python bench/pruning_bench.py --write-results

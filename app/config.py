@@ -1,0 +1,75 @@
+"""Frozen settings of the web demo: how the server runs, and what one question is asked with."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lrs_vqa.answer import DEFAULT_MODEL, AskOptions
+from lrs_vqa.c2f import C2FOptions
+
+UPLOAD_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+APP_STRATEGIES = ("c2f", "anyres", "global")  # tiles-all stays on the command line (it can be huge)
+APP_SCORERS = ("attention", "rfm")
+NO_PRUNER = "none"
+_C2F = C2FOptions()
+
+
+def default_cache_dir() -> Path:
+    """Where the bundled example scenes are generated: next to the pyramid cache."""
+    root = os.environ.get("LRS_VQA_CACHE_DIR")
+    base = Path(root).parent if root else Path.home() / ".cache" / "lrs-vqa"
+    return base / "app-examples"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """``lrs-vqa serve``: loopback by default, never a share link, one model job at a time."""
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    device: str = "cpu"
+    dtype: str = "float32"
+    allow_dir: Path | None = None  # server-side paths under this folder may be asked about
+    max_upload_mb: int = 2048
+    examples_dir: Path = field(default_factory=default_cache_dir)
+    queue_size: int = 16  # jobs waiting behind the running one
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("at least one model is needed")
+        if self.max_upload_mb < 1:
+            raise ValueError(f"the upload limit must be at least 1 MB, got {self.max_upload_mb}")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """One question's settings, with the ``lrs-vqa ask`` defaults."""
+
+    model: str
+    strategy: str = "c2f"
+    scorer: str = "attention"
+    keep_ratio: float = _C2F.keep_ratio
+    max_tiles_per_level: int = _C2F.max_tiles_per_level
+    budget_tokens: int = _C2F.budget_tokens
+    max_new_tokens: int = 32
+    pruner: str | None = (
+        None  # a registered token pruner spec ("fastv", "visionzip+fastv"); None: the loop's own
+    )
+    budget: str | None = None  # the pruner's budget ("64" tokens, "avg:128", "0.25" ratio)
+
+    def ask_options(self) -> AskOptions:
+        return AskOptions(
+            strategy=self.strategy,
+            scorer=self.scorer,
+            max_new_tokens=self.max_new_tokens,
+            pruner=self.pruner,
+            budget=self.budget,
+            c2f=C2FOptions(
+                keep_ratio=self.keep_ratio,
+                max_tiles_per_level=self.max_tiles_per_level,
+                budget_tokens=self.budget_tokens,
+            ),
+        )

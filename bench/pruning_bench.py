@@ -1,0 +1,364 @@
+"""Benchmark: every registered pruner at 64 / 128 / 192 vision-token budgets, CPU, random weights.
+
+Model: a LLaVA-1.5 token layout (CLIP ViT-L/14-336: 576 tokens per 336 px tile) over the LLM of
+llava-onevision-0.5b (Qwen2-0.5B shapes), random weights, built locally (``build_llava15``; the tokenizer and
+chat template come from ``bench/engine_bench.py``'s checkpoint). Two token sets:
+
+* ``576``  — one 336 px view (the scene's global thumbnail): the pruning literature's LLaVA-1.5 layout;
+* ``c2f``  — the coarse-to-fine loop's final tiles on the 27,328² scene (planted map, at most 4 tiles per
+             level) plus the thumbnail: what ``ask --pruner`` compresses after c2f.
+
+Per (token set, pruner, budget): vision tokens into the LLM, average vision tokens over layers, final
+vision tokens, LLM TFLOPs (``flops_report``), prefill seconds (median of ``--repeats``), the speed-up over
+no pruning, and the pruner's own overhead: pruned prefill minus a *replay* prefill that drops exactly the
+same rows at the same layers without computing any signal (taps, scores, merges), as a share of the pruned
+prefill; for vision-side pruners also the change of the encoder time (their hooks run there). Targets
+(issue 5): at 64 of 576 tokens a prefill at least 3x faster than no pruning; every pruner's overhead under
+5 % of its pruned prefill.
+
+    .venv/bin/python bench/pruning_bench.py --quick               # 576 layout, fastv/random/visionzip
+    .venv/bin/python bench/pruning_bench.py --write-results       # everything (~30 min on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+for _p in (ROOT, ROOT / "bench"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+import torch  # noqa: E402
+from engine_bench import (  # noqa: E402
+    CHECKPOINT_NAME,
+    TEXT,
+    build_checkpoint,
+    find_or_make_scene,
+    machine,
+    write_results_section,
+)
+
+from lrs_vqa.answer import pyramid_spec_for  # noqa: E402
+from lrs_vqa.c2f import C2FOptions, CoarseToFine  # noqa: E402
+from lrs_vqa.engine.decoder import LayerView, Selection  # noqa: E402
+from lrs_vqa.engine.flops import flops_report  # noqa: E402
+from lrs_vqa.models.base import ModelAdapter, VisionSegment  # noqa: E402
+from lrs_vqa.models.registry import load_adapter  # noqa: E402
+from pruning.errors import PruningError  # noqa: E402
+from pruning.registry import get_pruner, known_pruners  # noqa: E402
+from pyramid.dip import THUMBNAIL, DynamicImagePyramid, PyramidOptions, Tile  # noqa: E402
+from pyramid.levels import PixelBox  # noqa: E402
+
+SECTION = "## Pruning (bench/pruning_bench.py)"
+BUDGETS = (64, 128, 192)
+QUESTION = "what color is the ship near the harbor ?"
+SPEEDUP_TARGET = 3.0  # at 64 of 576 tokens
+OVERHEAD_TARGET = 0.05
+LLAVA15_NAME = "llava15-layout-qwen05b-random"
+CLIP_L = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+    "projection_dim": 768,
+}
+UNTRAINED = {"lvpruning": "lvpruning:untrained_seed=0"}  # no trained modules here: timing only
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def build_llava15(folder: Path, tokenizer_source: Path, seed: int = 0) -> dict[str, Any]:
+    """CLIP ViT-L/14-336 + Qwen2-0.5B in the LLaVA-1.5 layout, random weights (reused when present)."""
+    if (folder / "model.safetensors").exists():
+        return {"built": False}
+    from transformers import (
+        AutoProcessor,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        Qwen2Config,
+    )
+
+    from lrs_vqa.tiny import MARKER_KEY
+
+    t0 = time.perf_counter()
+    source = AutoProcessor.from_pretrained(tokenizer_source)
+    tok = source.tokenizer
+    text = Qwen2Config(**TEXT, rope_theta=1_000_000.0)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(**CLIP_L),
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=576,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=True,
+    )
+    setattr(cfg, MARKER_KEY, True)  # random weights: records say so
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(cfg).eval()
+    model.generation_config = source_generation(tokenizer_source)
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}
+        ),
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=source.chat_template,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    params = sum(p.numel() for p in model.parameters())
+    del model
+    return {"built": True, "seconds": round(time.perf_counter() - t0, 1), "parameters_b": params / 1e9}
+
+
+def source_generation(folder: Path) -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig.from_pretrained(folder)
+
+
+# ------------------------------------------------------------------------------------------ measurement
+
+
+@dataclass(frozen=True)
+class ReplayHook:
+    """Drops, before each layer, exactly the rows a pruned run had dropped there; computes nothing else."""
+
+    kept: tuple[torch.Tensor, ...]  # per layer: original row indices that layer saw
+
+    def llm_tap_rows(self, view: LayerView) -> torch.Tensor | None:
+        return None
+
+    def before_layer(self, view: LayerView) -> Selection | None:
+        want = self.kept[view.layer].to(view.orig_index.device)
+        if len(want) == len(view.orig_index):
+            return None
+        keep = torch.nonzero(torch.isin(view.orig_index, want)).flatten()
+        return Selection(keep)
+
+
+def median_time(fn: Any, repeats: int) -> tuple[float, Any]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+@dataclass
+class TokenSet:
+    name: str
+    thumb: Tile
+    tiles: list[Tile]  # empty: the thumbnail alone (the 576 layout)
+    level: int
+
+
+def encode(adapter: ModelAdapter, ts: TokenSet, hooks: Any) -> list[VisionSegment]:
+    """As ``ask --pruner`` does: the thumbnail whole unless it is the only view; final tiles with hooks."""
+    if not ts.tiles:
+        return [adapter.encode_tiles([ts.thumb], newlines=False, level=THUMBNAIL, hooks=hooks)]
+    thumb = adapter.encode_tiles([ts.thumb], newlines=False, level=THUMBNAIL)
+    tiles = adapter.encode_tiles(ts.tiles, newlines=True, level=ts.level, hooks=hooks)
+    return [thumb, tiles]
+
+
+def measure(
+    adapter: ModelAdapter, ts: TokenSet, spec: str | None, budget: int, repeats: int
+) -> dict[str, Any]:
+    att = get_pruner(spec).attach(adapter, str(budget)) if spec else None
+    try:
+        vision_hooks = att.vision_hooks if att else ()
+        llm_hooks = att.llm_hooks if att else ()
+        t0 = time.perf_counter()
+        segments = encode(adapter, ts, vision_hooks)
+        encode_s = time.perf_counter() - t0
+        prompt = adapter.build_prompt(QUESTION, segments)
+        inputs = prompt.inputs
+        with torch.inference_mode():
+            prefill_s, result = median_time(lambda: adapter.decoder.prefill(inputs, llm_hooks), repeats)
+            replay_s = None
+            if llm_hooks:  # vision-side only: nothing runs in the LLM besides the shorter prompt
+                replay = ReplayHook(tuple(result.kept_orig_index))
+                replay_s, replayed = median_time(lambda: adapter.decoder.prefill(inputs, [replay]), repeats)
+                assert replayed.vision_tokens_per_layer == result.vision_tokens_per_layer
+    finally:
+        if att is not None:
+            att.detach()
+    flops = flops_report(
+        llm=adapter.llm_shape(),
+        vision_tokens_per_layer=result.vision_tokens_per_layer,
+        text_tokens=prompt.text_tokens,
+    )
+    vt = result.vision_tokens_per_layer
+    return {
+        "vision_in": int(inputs.vision.sum()),
+        "avg_vision": round(sum(vt) / len(vt), 1),
+        "final_vision": vt[-1],
+        "tflops_llm": round(flops.llm_total_tflops, 3),
+        "prefill_s": round(prefill_s, 3),
+        "replay_s": None if replay_s is None else round(replay_s, 3),
+        "encode_s": round(encode_s, 3),
+    }
+
+
+def token_sets(adapter: ModelAdapter, scene: str, planted: PixelBox, which: list[str]) -> list[TokenSet]:
+    options = PyramidOptions(spec=pyramid_spec_for(adapter))
+    out = []
+    with DynamicImagePyramid.open(scene, options) as dip:
+        thumb = dip.thumbnail()
+        if "576" in which:
+            out.append(TokenSet("576", thumb, [], THUMBNAIL))
+        if "c2f" in which:
+            from c2f_bench import PlantedOverScorer
+
+            from rfm.attention import AttentionScorer
+
+            scorer = PlantedOverScorer(AttentionScorer(2), planted)
+            loop = CoarseToFine(adapter, scorer, C2FOptions(max_tiles_per_level=4), pruner_hooks=())
+            result = loop.run(dip, QUESTION)
+            last = result.steps[-1].level
+            tiles = [t for t, r in zip(result.tiles, result.roles, strict=True) if r != "thumbnail"]
+            tiles = [t for t in tiles if t.key.level == last]
+            _log(f"c2f token set: {len(tiles)} tiles at level {last} ({result.steps[-1].level_name})")
+            out.append(TokenSet("c2f", thumb, tiles, last))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def report(res: dict[str, Any]) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"Measured {res['date']} on {res['machine'].get('cpu', 'CPU')} "
+        f"({res['machine'].get('cores', '?')} cores), "
+        f"{res['dtype']}, random weights: LLaVA-1.5 layout (CLIP ViT-L/14-336, 576 tokens per tile) over "
+        "Qwen2-0.5B (llava-onevision-0.5b's LLM). Budgets are tokens into the LLM (`--budget N`). Overhead = "
+        "pruned prefill − a replay prefill that drops the same rows at the same layers without computing any "
+        "signal, as a share of the pruned prefill (— : the pruner runs nothing in the LLM); "
+        "Δencode = encoder time with the pruner's vision hooks − "
+        "without. Reproduce: `.venv/bin/python bench/pruning_bench.py --write-results`.",
+        "",
+    ]
+    for ts, runs in res["sets"].items():
+        base = runs["none"]
+        lines += [
+            f"### Token set `{ts}` — no pruning: {base['vision_in']} vision tokens, prefill "
+            f"{base['prefill_s']:.2f} s, {base['tflops_llm']:.3f} TFLOPs",
+            "",
+            "| pruner | budget | vision in | avg vision | final | TFLOPs LLM | prefill s | speed-up | "
+            "overhead | Δencode s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key, r in runs.items():
+            if key == "none":
+                continue
+            name, budget = key.rsplit("@", 1)
+            if "error" in r:
+                lines.append(f"| {name} | {budget} | — | — | — | — | — | — | — | {r['error'][:80]} |")
+                continue
+            speed = base["prefill_s"] / r["prefill_s"] if r["prefill_s"] else float("nan")
+            replay = r["replay_s"]
+            over = "—" if replay is None else f"{100 * (r['prefill_s'] - replay) / r['prefill_s']:.1f} %"
+            d_enc = r["encode_s"] - base["encode_s"]
+            lines.append(
+                f"| {name} | {budget} | {r['vision_in']} | {r['avg_vision']} | {r['final_vision']} | "
+                f"{r['tflops_llm']:.3f} | {r['prefill_s']:.2f} | {speed:.2f}× | {over} | {d_enc:+.2f} |"
+            )
+        lines.append("")
+    lines += [f"- {n}" for n in res["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out")
+    ap.add_argument("--size", type=int, default=27328)
+    ap.add_argument("--sets", default="576,c2f")
+    ap.add_argument("--pruners", default="all", help="comma-separated names, or all")
+    ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--quick", action="store_true", help="576 set; fastv, random, visionzip; budget 64")
+    ap.add_argument("--write-results", action="store_true")
+    ap.add_argument("--results-md", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = ap.parse_args(argv)
+    torch.set_grad_enabled(False)
+    if args.quick:
+        args.sets, args.pruners, args.budgets = "576", "fastv,random,visionzip", "64"
+    out_dir = args.out_dir
+    ov = out_dir / CHECKPOINT_NAME
+    build_checkpoint(ov)
+    folder = out_dir / LLAVA15_NAME
+    built = build_llava15(folder, ov)
+    _log(f"model {folder} {built}")
+    scene_info = find_or_make_scene(out_dir, args.size)
+    from c2f_bench import planted_ship
+
+    planted = planted_ship(args.size, scene_info["path"])
+    adapter = load_adapter(str(folder), device="cpu", dtype=args.dtype)
+    names = known_pruners() if args.pruners == "all" else args.pruners.split(",")
+    budgets = [int(b) for b in args.budgets.split(",")]
+    res: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "dtype": args.dtype,
+        "sets": {},
+        "notes": [],
+    }
+    for ts in token_sets(adapter, scene_info["path"], PixelBox(*planted["box"]), args.sets.split(",")):
+        runs: dict[str, Any] = {}
+        measure(adapter, ts, None, 0, 1)  # warm-up: allocator, kernels
+        runs["none"] = measure(adapter, ts, None, 0, max(args.repeats, 3))
+        _log(f"[{ts.name}] no pruning: {runs['none']}")
+        for name in names:
+            for budget in budgets:
+                spec = UNTRAINED.get(name, name)
+                try:
+                    runs[f"{name}@{budget}"] = r = measure(adapter, ts, spec, budget, args.repeats)
+                except (PruningError, ValueError, RuntimeError) as exc:
+                    runs[f"{name}@{budget}"] = r = {"error": f"{type(exc).__name__}: {exc}"}
+                _log(f"[{ts.name}] {name}@{budget}: {r}")
+        res["sets"][ts.name] = runs
+    if "lvpruning" in names:
+        res["notes"].append(
+            "lvpruning runs with untrained decision modules (`untrained_seed=0`): its timing and budget are "
+            "real, its choice of tokens is not (no trained checkpoint exists for these shapes)."
+        )
+    text = report(res)
+    print(text)
+    (out_dir / "pruning_bench.json").write_text(json.dumps(res, indent=1, default=str))
+    if args.write_results:
+        write_results_section(args.results_md, text, SECTION)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
