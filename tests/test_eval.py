@@ -479,3 +479,11 @@ def test_batch_bad_rows_listed(bench: dict[str, Path], tmp_path: Path, capsys) -
         "line 4 (x): duplicate id (first at line 1)",
         "line 5: invalid JSON (Expecting value)",
     ]
+
+
+def test_eval_passes_the_pruner_and_its_budget(bench: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "pruned"
+    args = eval_args(bench, out, "--pruner", "fastv", "--budget", "8", "--limit", "2", "--no-score")
+    assert main(args) == 0
+    rows = rows_of(out / "answers.jsonl")
+    assert len(rows) == 2 and all(r["stats"]["final_vision_tokens"] == 8 for r in rows)
