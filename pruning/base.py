@@ -22,6 +22,7 @@ Conventions shared by the in-LLM pruners (stated once here, relied on by every c
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -357,3 +358,11 @@ class BudgetedVisionHook(PrunerHook):
         if keep >= n:
             return None
         return self.select(feats, meta, ctx, keep)
+
+
+def fingerprints(rows: torch.Tensor) -> list[bytes]:
+    """Fingerprint of each row (a 128-bit hash of its fp32 values): lets the LLM stage find a token it saw
+    on the vision side whatever happened in between (newline markers inserted, rows dropped by a region
+    search)."""
+    data = rows.detach().float().cpu().contiguous().numpy()
+    return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in data]

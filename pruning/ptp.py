@@ -27,7 +27,6 @@ Deviations (no official code; the card is [abs] + a third-party re-implementatio
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from pruning.base import (
     ScheduledLayerHook,
     Signal,
     Stage,
+    fingerprints,
     selection_keeping,
     top_k,
 )
@@ -163,14 +163,6 @@ class _Record:
     partition: torch.Tensor  # (n,) tile index inside its group
     saliency: torch.Tensor  # (n,) b
     keys: list[bytes] | None = None  # fingerprint of each token's LLM input embedding
-
-
-def fingerprints(rows: torch.Tensor) -> list[bytes]:
-    """Fingerprint of each row (a 128-bit hash of its fp32 values): lets the LLM stage find a token it saw
-    on the vision side whatever happened in between (newline markers inserted, rows dropped by a region
-    search)."""
-    data = rows.detach().float().cpu().contiguous().numpy()
-    return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in data]
 
 
 def align(records: Sequence[_Record], keys: Sequence[bytes]) -> tuple[torch.Tensor, torch.Tensor]:

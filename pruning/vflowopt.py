@@ -29,8 +29,9 @@ it) so that the budget is met exactly; AnyRes redistribution over sub-images is 
 computed per tile); calibration is a seeded grid/random search rather than Gaussian-process Bayesian
 optimisation, on ``1 − cos`` (the card maximises the cosine sum: the same optimum); patch entropy is
 computed from the pixels the encoder receives (captured by a pre-hook, so alpha > 0 needs ``attach()``);
-the LLM stage needs this pruner's own vision stage in the same run (one encoded group, no newline
-markers: the global strategy).
+the LLM stage needs this pruner's own vision stage in the same run; LLM vision rows it did not score
+(another encoded group such as c2f's thumbnail, newline markers) are found by embedding fingerprint and
+rank last.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from pruning.base import (
     PrunerHook,
     Signal,
     Stage,
+    fingerprints,
     map_rows,
     selection_keeping,
     top_k,
@@ -214,6 +216,7 @@ class _Shared:
     """Handed from the vision stage to the LLM stage of one run."""
 
     importance: torch.Tensor | None = None  # per vision token, in prompt order
+    keys: list[bytes] | None = None  # fingerprint of each of those tokens' embeddings (to find them again)
     budget: Budget | None = None  # the LLM stages' budget (tokens or avg)
 
 
@@ -293,7 +296,7 @@ class VFlowVisionHook(PrunerHook):
         imp = self._importance(ctx)
         self.calls.append((n, into))
         if into >= n:
-            self.shared.importance = imp
+            self.shared.importance, self.shared.keys = imp, fingerprints(embeds)
             return None
         cell, result = cfg.cell, None
         while result is None:
@@ -302,6 +305,7 @@ class VFlowVisionHook(PrunerHook):
             cell *= 2
         kept, new = result
         self.shared.importance = imp[kept]
+        self.shared.keys = fingerprints(embeds[kept] if new is None else new)
         return Selection(kept, new)
 
 
@@ -322,18 +326,15 @@ class VFlowLLMHook(PrunerHook):
             return None
         vision = torch.nonzero(view.vision).flatten()
         if view.layer == 0:
-            imp, budget = self.shared.importance, self.shared.budget
-            self.shared.importance = self.shared.budget = None  # one run's map is used once
+            imp, budget, keys = self.shared.importance, self.shared.budget, self.shared.keys
+            self.shared.importance = self.shared.budget = self.shared.keys = None  # one run's map, once
             if imp is None or budget is None:
                 raise PrunerConfigError(
                     "vflowopt's LLM stage ranks by its vision-stage importance map: encode the image with "
                     "this attachment's vision_hooks"
                 )
             if len(imp) != len(vision):
-                raise PrunerConfigError(
-                    f"vflowopt has an importance map for {len(imp)} tokens but the LLM sees {len(vision)} "
-                    "vision rows (several encoded groups or newline markers are not supported)"
-                )
+                imp = align_importance(imp, keys, fingerprints(view.hidden[0, vision]))
             self._orig, self._imp = view.orig_index[vision].clone(), imp
             layers = self.pruner.layers(self.n_layers)
             self.schedule = self.pruner.llm_plan(budget, len(vision), self.n_layers, layers)
@@ -344,6 +345,22 @@ class VFlowLLMHook(PrunerHook):
             return None
         scores = self._imp[map_rows(self._orig, view.orig_index[vision]).cpu()]
         return selection_keeping(view, vision[top_k(scores, target)])
+
+
+def align_importance(imp: torch.Tensor, keys: list[bytes] | None, rows: list[bytes]) -> torch.Tensor:
+    """Importance of each LLM vision row, found by its embedding's fingerprint among the rows the vision
+    stage scored (equal fingerprints matched in order). Rows it never saw — another encoded group such as the
+    coarse-to-fine loop's global thumbnail, newline markers — rank below every scored row."""
+    table: dict[bytes, list[float]] = {}
+    for key, value in zip(keys or [], imp.tolist(), strict=True):
+        table.setdefault(key, []).append(value)
+    floor = float(imp.min()) - 1.0 if imp.numel() else 0.0
+    out = [table[k].pop(0) if table.get(k) else floor for k in rows]
+    if not any(v != floor for v in out):
+        raise PrunerConfigError(
+            "vflowopt's LLM stage found none of the tokens its vision stage scored among the LLM vision rows"
+        )
+    return torch.tensor(out)
 
 
 def load_calibration(path: str | Path) -> dict[str, float]:

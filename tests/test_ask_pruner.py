@@ -107,3 +107,17 @@ def test_pruner_tool_runs_the_adaptinfer_analysis(tiny: str, scene: Path, tmp_pa
     rec = ask(tiny, scene, tmp_path, pruner=f"adaptinfer:schedule={out}", budget="16")
     assert rec.stats.final_vision_tokens == 16  # ... and honours the budget with it
     assert main(["pruner-tool", "nope"]) == 2
+
+
+VISION_ONLY = {"visionzip", "divprune", "random"}  # nothing runs in the LLM: the thumbnail stays whole
+SPECS = {"lvpruning": "lvpruning:untrained_seed=0"}  # no trained modules for the tiny model (plumbing only)
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_every_pruner_composes_with_c2f(name: str, tiny: str, scene: Path, tmp_path: Path) -> None:
+    """After the loop picks the tiles, each pruner meets its budget on the LLaVA layout of the tiny model."""
+    thumb = ask(tiny, scene, tmp_path, strategy="global").stats.vision_tokens_into_llm
+    rec = ask(tiny, scene, tmp_path, pruner=SPECS.get(name, name), budget="16")
+    final = rec.stats.final_vision_tokens
+    assert final == (thumb + 16 if name in VISION_ONLY else 16), (name, final)
+    assert rec.strategy == "c2f" and rec.levels
