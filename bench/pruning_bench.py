@@ -49,7 +49,7 @@ from engine_bench import (  # noqa: E402
     write_results_section,
 )
 
-from lrs_vqa.answer import pyramid_spec_for  # noqa: E402
+from lrs_vqa.answer import pyramid_spec_for, split_budget  # noqa: E402
 from lrs_vqa.c2f import C2FOptions, CoarseToFine  # noqa: E402
 from lrs_vqa.engine.decoder import LayerView, Selection  # noqa: E402
 from lrs_vqa.engine.flops import flops_report  # noqa: E402
@@ -181,13 +181,26 @@ class TokenSet:
     level: int
 
 
-def encode(adapter: ModelAdapter, ts: TokenSet, hooks: Any) -> list[VisionSegment]:
-    """As ``ask --pruner`` does: the thumbnail whole unless it is the only view; final tiles with hooks."""
+def encode(
+    adapter: ModelAdapter, ts: TokenSet, hooks: Any, split: tuple[str, str] | None = None
+) -> list[VisionSegment]:
+    """As ``ask --pruner`` does after c2f: a pruner with an LLM stage hooks the final tiles only; one that
+    acts only before the LLM (``split``: its spec and budget) hooks both views with the budget shared."""
     if not ts.tiles:
         return [adapter.encode_tiles([ts.thumb], newlines=False, level=THUMBNAIL, hooks=hooks)]
-    thumb = adapter.encode_tiles([ts.thumb], newlines=False, level=THUMBNAIL)
-    tiles = adapter.encode_tiles(ts.tiles, newlines=True, level=ts.level, hooks=hooks)
-    return [thumb, tiles]
+    if split is None:
+        thumb = adapter.encode_tiles([ts.thumb], newlines=False, level=THUMBNAIL)
+        return [thumb, adapter.encode_tiles(ts.tiles, newlines=True, level=ts.level, hooks=hooks)]
+    spec, budget = split
+    plain = adapter.encode_tiles([ts.thumb], newlines=False, level=THUMBNAIL)
+    sizes = [len(adapter.present_rows(plain)), len(ts.tiles) * adapter.tokens_per_tile]
+    out = []
+    for share, (group, level, newlines) in zip(
+        split_budget(budget, sizes), (([ts.thumb], THUMBNAIL, False), (ts.tiles, ts.level, True)), strict=True
+    ):
+        with get_pruner(spec).attach(adapter, share) as att:
+            out.append(adapter.encode_tiles(group, newlines=newlines, level=level, hooks=att.vision_hooks))
+    return out
 
 
 def measure(
@@ -200,9 +213,10 @@ def measure(
     try:
         vision_hooks = att.vision_hooks if att else ()
         llm_hooks = att.llm_hooks if att else ()
+        split = (spec, budget) if spec and ts.tiles and not llm_hooks else None
         for _ in range(repeats):
             t0 = time.perf_counter()
-            segments = encode(adapter, ts, vision_hooks)
+            segments = encode(adapter, ts, vision_hooks, split)
             encode_times.append(time.perf_counter() - t0)
             prompt = adapter.build_prompt(QUESTION, segments)
             inputs = prompt.inputs

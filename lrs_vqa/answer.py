@@ -105,6 +105,51 @@ def region_scorer(adapter: ModelAdapter, options: AskOptions) -> RegionScorer:
     raise StrategyError(f"unknown scorer {options.scorer!r}; choose one of {', '.join(SCORERS)}")
 
 
+def split_budget(budget: str, sizes: Sequence[int]) -> list[str]:
+    """One budget over several encoded groups (``sizes`` tokens each) → one budget per group: a token
+    count (or an average, the same thing before the LLM) is shared in proportion to the group sizes, at least
+    one token each; a ratio applies to every group."""
+    from pruning.budget import Budget, BudgetKind
+
+    parsed = Budget.parse(budget)
+    if parsed.kind is BudgetKind.RATIO:
+        return [budget] * len(sizes)
+    total, n = int(parsed.value), sum(sizes)
+    if total < len(sizes):
+        raise StrategyError(f"budget {budget} is below one token per view ({len(sizes)} views)")
+    if total > n:
+        raise StrategyError(f"budget {budget} is larger than the {n} vision tokens the views have")
+    shares = [max(1, round(total * k / n)) for k in sizes[:-1]]
+    return [str(v) for v in (*shares, total - sum(shares))]
+
+
+def _prune_views(
+    adapter: ModelAdapter, result: C2FResult, options: AskOptions, vision_hooks: Sequence[VisionHook]
+) -> None:
+    """Re-encode the thumbnail and the final tiles the loop picked, each with the pruner attached at its
+    share of the budget, so the vision tokens into the LLM total the budget."""
+    from pruning.registry import get_pruner
+
+    thumb_seg, final_seg = result.segments[0], result.segments[-1]
+    real = final_seg.meta.tile >= 0
+    tile_ids = sorted(set(final_seg.meta.tile[real].tolist()))
+    first = tile_ids[0]
+    tiles = result.tiles[first : tile_ids[-1] + 1]  # one level's tiles, contiguous in the loop's list
+    level = int(final_seg.meta.level[real][0])
+    sizes = [len(adapter.present_rows(thumb_seg)), int(real.sum())]
+    shares = split_budget(options.budget or "", sizes)
+    segments = []
+    for share, (group, lvl, newlines) in zip(
+        shares, (([result.tiles[0]], -1, False), (tiles, level, True)), strict=True
+    ):
+        with get_pruner(options.pruner or "").attach(adapter, share) as att:
+            hooks = (*vision_hooks, *att.vision_hooks)
+            segments.append(adapter.encode_tiles(group, newlines=newlines, level=lvl, hooks=hooks))
+            result.tokens_encoded += segments[-1].tokens_encoded
+            result.images_encoded += segments[-1].images_encoded
+    result.segments = [segments[0], *result.segments[1:-1], shift_tiles(segments[1], first)]
+
+
 def _gather(
     adapter: ModelAdapter,
     dip: DynamicImagePyramid,
@@ -112,9 +157,11 @@ def _gather(
     options: AskOptions,
     vision_hooks: Sequence[VisionHook],
     pruner_hooks: Sequence[VisionHook] | None = None,
+    split_views: bool = False,
 ) -> _Gathered:
     """``pruner_hooks``: a pruner's vision-side hooks (c2f applies them to the final level only; the
-    other strategies to every encoded group, like ``vision_hooks``)."""
+    other strategies to every encoded group, like ``vision_hooks``). ``split_views``: c2f with a pruner that
+    works only before the LLM — its budget is shared between the thumbnail and the final tiles instead."""
     if pruner_hooks and options.strategy != "c2f":
         if options.strategy == "anyres":
             raise StrategyError(
@@ -123,8 +170,10 @@ def _gather(
         vision_hooks = (*vision_hooks, *pruner_hooks)
     if options.strategy == "c2f":
         scorer = region_scorer(adapter, options)
-        loop = CoarseToFine(adapter, scorer, options.c2f, vision_hooks, pruner_hooks)
+        loop = CoarseToFine(adapter, scorer, options.c2f, vision_hooks, () if split_views else pruner_hooks)
         result = loop.run(dip, question)
+        if split_views:
+            _prune_views(adapter, result, options, vision_hooks)
         return _Gathered(result.segments, result.tiles, result.roles, c2f=result)
     thumb = dip.thumbnail()
     if options.strategy == "global":
@@ -220,11 +269,16 @@ def answer(
     t_start = time.perf_counter()
     popts = replace(options.pyramid, spec=pyramid_spec_for(adapter))
     with contextlib.ExitStack() as stack:
-        pruner_hooks = None
+        pruner_hooks, split_views = None, False
         if options.pruner is not None:  # detached again however the answer ends
             attachment = stack.enter_context(_attach_pruner(adapter, options))
             pruner_hooks = attachment.vision_hooks
             llm_hooks = (*llm_hooks, *attachment.llm_hooks)
+            # A pruner that acts only before the LLM cannot see the whole prompt: after c2f its budget is
+            # shared between the views (see _prune_views), so the tokens into the LLM still total it.
+            split_views = options.strategy == "c2f" and not attachment.llm_hooks
+            if split_views:
+                attachment.detach()  # _prune_views attaches it per view
         opened = (
             pyramids.lend(image, popts) if pyramids is not None else DynamicImagePyramid.open(image, popts)
         )
@@ -237,6 +291,7 @@ def answer(
             llm_hooks,
             vision_hooks,
             pruner_hooks,
+            split_views,
             heatmap,
             t_start,
         )
@@ -260,13 +315,14 @@ def _answer_with(
     llm_hooks: Sequence[LayerHook],
     vision_hooks: Sequence[VisionHook],
     pruner_hooks: Sequence[VisionHook] | None,
+    split_views: bool,
     heatmap: str | Path | None,
     t_start: float,
 ) -> AnswerRecord:
     device, dtype = where  # as the caller gave them (for the record)
     with opened as dip:
         t0 = time.perf_counter()
-        gathered = _gather(adapter, dip, question, options, vision_hooks, pruner_hooks)
+        gathered = _gather(adapter, dip, question, options, vision_hooks, pruner_hooks, split_views)
         t_gather = time.perf_counter() - t0
         image_info = {**dip.info.describe(), "levels": [lvl.describe() for lvl in dip.levels]}
         if heatmap is not None and gathered.c2f is not None and gathered.c2f.coarse_scores is not None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lrs_vqa.answer import AskOptions, StrategyError, answer
+from lrs_vqa.answer import AskOptions, StrategyError, answer, split_budget
 from lrs_vqa.cli import main
 from lrs_vqa.tiny import make_tiny_model
 from pyramid.dip import PyramidOptions
@@ -69,12 +69,19 @@ def test_llm_side_pruner_after_c2f_honours_its_budget(tiny: str, scene: Path, tm
     assert [lv["tiles"] for lv in rec.levels] == [lv["tiles"] for lv in plain.levels]  # same tiles picked
 
 
-def test_vision_side_pruner_compresses_the_final_tiles(tiny: str, scene: Path, tmp_path: Path) -> None:
+def test_vision_side_pruner_shares_its_budget_between_the_views(
+    tiny: str, scene: Path, tmp_path: Path
+) -> None:
     thumb = ask(tiny, scene, tmp_path, strategy="global").stats.vision_tokens_into_llm
     rec = ask(tiny, scene, tmp_path, pruner="random", budget="16")
-    # The global thumbnail stays whole; the final tiles' tokens are cut to the budget before the LLM.
-    assert rec.stats.vision_tokens_into_llm == thumb + 16
-    assert rec.stats.vision_tokens_per_layer == [thumb + 16] * len(rec.stats.vision_tokens_per_layer)
+    # Before the LLM: the thumbnail and the final tiles are each cut to their share; together, the budget.
+    assert rec.stats.vision_tokens_into_llm == 16
+    assert rec.stats.vision_tokens_per_layer == [16] * len(rec.stats.vision_tokens_per_layer)
+    assert 1 <= rec.tiles[0].tokens_into_llm < thumb  # the thumbnail's share
+    assert split_budget("16", [12, 100]) == ["2", "14"]
+    assert split_budget("0.5", [12, 100]) == ["0.5", "0.5"]
+    with pytest.raises(StrategyError, match="below one token"):
+        split_budget("1", [12, 100])
 
 
 def test_chain_and_detach(tiny: str, scene: Path, tmp_path: Path) -> None:
@@ -109,15 +116,13 @@ def test_pruner_tool_runs_the_adaptinfer_analysis(tiny: str, scene: Path, tmp_pa
     assert main(["pruner-tool", "nope"]) == 2
 
 
-VISION_ONLY = {"visionzip", "divprune", "random"}  # nothing runs in the LLM: the thumbnail stays whole
 SPECS = {"lvpruning": "lvpruning:untrained_seed=0"}  # no trained modules for the tiny model (plumbing only)
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED))
 def test_every_pruner_composes_with_c2f(name: str, tiny: str, scene: Path, tmp_path: Path) -> None:
     """After the loop picks the tiles, each pruner meets its budget on the LLaVA layout of the tiny model."""
-    thumb = ask(tiny, scene, tmp_path, strategy="global").stats.vision_tokens_into_llm
     rec = ask(tiny, scene, tmp_path, pruner=SPECS.get(name, name), budget="16")
     final = rec.stats.final_vision_tokens
-    assert final == (thumb + 16 if name in VISION_ONLY else 16), (name, final)
+    assert final == 16, (name, final)
     assert rec.strategy == "c2f" and rec.levels
