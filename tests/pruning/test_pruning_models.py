@@ -11,84 +11,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
 
 from lrs_vqa.answer import AskOptions, answer
-from lrs_vqa.engine.decoder import PrefillInputs
 from lrs_vqa.models.base import ModelAdapter
-from lrs_vqa.models.registry import load_adapter
-from lrs_vqa.tiny import FAMILIES, make_tiny_model
+from lrs_vqa.tiny import FAMILIES
 from pruning import BudgetTooLargeError, BudgetUnreachableError, get_pruner
-from pyramid.dip import DynamicImagePyramid, PyramidOptions
-from pyramid.synth import synthesize_scene
-
-QUESTION = "what is the color of the car?"
-LLM_LAYERS = 8
+from pyramid.dip import PyramidOptions
+from tests.pruning.helpers import (
+    LLM_LAYERS,
+    QUESTION,
+    stock,
+    thumbnail_prompt,
+)
 
 LLM_PRUNERS = ["fastv", "pyramiddrop", "sparsevlm", "random:layer=2"]
 VISION_PRUNERS = ["visionzip", "divprune", "random"]
-
-
-def deep_tiny(out: Path, family: str) -> ModelAdapter:
-    """The family's tiny checkpoint with ``LLM_LAYERS`` decoder layers (seeded random weights)."""
-    path = make_tiny_model(out, family, seed=5).path
-    cfg = AutoConfig.from_pretrained(path)
-    text = cfg.text_config
-    text.num_hidden_layers = LLM_LAYERS
-    if getattr(text, "layer_types", None):
-        text.layer_types = [text.layer_types[0]] * LLM_LAYERS
-    generation = GenerationConfig.from_pretrained(path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = AutoModelForImageTextToText.from_config(cfg)
-    model.generation_config = generation
-    model.save_pretrained(path)
-    return load_adapter(str(path))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core box the threads' spinning
-    makes these tests several times slower; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelAdapter]:
-    root = tmp_path_factory.mktemp("pruning_tiny")
-    return {fam: deep_tiny(root / fam, fam) for fam in FAMILIES}
-
-
-@pytest.fixture(scope="module")
-def image() -> Image.Image:
-    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8))
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pruning_scene") / "scene.tif"
-    synthesize_scene(out, (300, 220), seed=2)
-    return out
-
-
-def stock(adapter: ModelAdapter, image: Image.Image) -> PrefillInputs:
-    return adapter.stock_prompt(image, QUESTION)[0].inputs
-
-
-def thumbnail_prompt(adapter: ModelAdapter, scene: Path, cache: Path, hooks=()) -> PrefillInputs:
-    from lrs_vqa.answer import pyramid_spec_for
-
-    options = PyramidOptions(spec=pyramid_spec_for(adapter), cache_dir=cache)
-    with DynamicImagePyramid.open(scene, options) as dip:
-        seg = adapter.encode_tiles([dip.thumbnail()], newlines=False, level=-1, hooks=hooks)
-    return adapter.build_prompt(QUESTION, [seg]).inputs
 
 
 # ------------------------------------------------------------------------------------------ keep-all

@@ -18,12 +18,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
 
 from lrs_vqa.engine.decoder import PrefillInputs
 from lrs_vqa.models.base import ModelAdapter
-from lrs_vqa.models.registry import load_adapter
-from lrs_vqa.tiny import FAMILIES, make_tiny_model
+from lrs_vqa.tiny import FAMILIES
 from pruning import ModelTarget, PrunerConfigError, describe_pruners, get_pruner
 from pruning.adaptinfer import (
     adaptinfer_scores,
@@ -59,48 +57,11 @@ from pruning.vflowopt import (
     vision_keep,
 )
 from pyramid.synth import synthesize_scene
-
-QUESTION = "what is the color of the car?"
-LLM_LAYERS = 8
-
-
-def deep_tiny(out: Path, family: str) -> ModelAdapter:
-    path = make_tiny_model(out, family, seed=5).path
-    cfg = AutoConfig.from_pretrained(path)
-    text = cfg.text_config
-    text.num_hidden_layers = LLM_LAYERS
-    if getattr(text, "layer_types", None):
-        text.layer_types = [text.layer_types[0]] * LLM_LAYERS
-    generation = GenerationConfig.from_pretrained(path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = AutoModelForImageTextToText.from_config(cfg)
-    model.generation_config = generation
-    model.save_pretrained(path)
-    return load_adapter(str(path))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelAdapter]:
-    root = tmp_path_factory.mktemp("methods_b_tiny")
-    return {fam: deep_tiny(root / fam, fam) for fam in FAMILIES}
-
-
-@pytest.fixture(scope="module")
-def image() -> Image.Image:
-    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8))
-
-
-def stock(adapter: ModelAdapter, image: Image.Image, question: str = QUESTION) -> PrefillInputs:
-    return adapter.stock_prompt(image, question)[0].inputs
+from tests.pruning.helpers import (
+    LLM_LAYERS,
+    QUESTION,
+    stock,
+)
 
 
 def test_describe_pruners_lists_the_three() -> None:
