@@ -43,11 +43,17 @@ from pruning.base import (
     ScheduledLayerHook,
     Signal,
     Stage,
+    llm_layers_label,
     map_rows,
     top_k,
 )
 from pruning.base import selection_keeping as _keeping
-from pruning.budget import Budget, BudgetKind, Profile, Schedule, scale_layers, solve_schedule
+from pruning.budget import (
+    Budget,
+    Schedule,
+    published_schedule,
+    scale_layers,
+)
 from pruning.errors import PrunerConfigError
 from pruning.registry import register
 from pruning.sparsevlm import SparseVLMHook
@@ -75,34 +81,6 @@ def adaptinfer_scores(text_attention: torch.Tensor, text_to_vision: torch.Tensor
     """(V,) scores: the prior-weighted sum over text rows of their attention to each vision token;
     ``text_to_vision`` is (T, V)."""
     return text_prior(text_attention) @ text_to_vision.float()
-
-
-def published_shape(budget: Budget, n: int) -> tuple[float, ...]:
-    """Stage proportions (relative to the first stage) of the published schedule nearest the budget."""
-    if budget.kind is BudgetKind.AVG:
-        fraction = budget.value / n
-        key = min(PUBLISHED, key=lambda b: (abs(b / PUBLISHED_TOKENS - fraction), b))
-    else:
-        fraction = budget.final_count(n) / n
-        key = min(PUBLISHED, key=lambda b: (abs(PUBLISHED[b][-1] / PUBLISHED_TOKENS - fraction), b))
-    first = PUBLISHED[key][0]
-    return tuple(c / first for c in PUBLISHED[key])
-
-
-def shape_profile(shape: Sequence[float], stages: int) -> tuple[Profile, float]:
-    """Profile over ``stages`` stages built from a published shape (first/last entries when fewer)."""
-    shape = tuple(shape)
-    picked = (
-        shape if stages == len(shape) else (shape[:1] if stages == 1 else (*shape[: stages - 1], shape[-1]))
-    )
-    if len(picked) < stages:  # more stages than published: continue geometrically
-        ratio = picked[-1] / picked[-2] if len(picked) > 1 else 0.5
-        picked = (*picked, *(picked[-1] * ratio ** (i + 1) for i in range(stages - len(picked))))
-
-    def profile(t: float) -> tuple[float, ...]:
-        return tuple(min(1.0, t * s) for s in picked)
-
-    return profile, 1.0 / min(picked)
 
 
 def change_points(curve: Sequence[float], stages: int) -> tuple[int, ...]:
@@ -244,15 +222,13 @@ class AdaptInfer(Pruner):
         return scale_layers(cfg.layers, n_layers, cfg.depth_ref, "adaptinfer")
 
     def stage_labels(self, n_layers: int = 32) -> tuple[str, ...]:
-        return (f"llm layers {', '.join(str(k) for k in self.layers(n_layers))}",)
+        return (llm_layers_label(self.layers(n_layers)),)
 
     def plan(self, budget: Budget, n_vision: int, n_layers: int) -> Schedule:
-        budget = Budget.parse(budget)
         layers = self.layers(n_layers)
-        if budget.kind is BudgetKind.AVG and budget.value > n_vision:
-            return solve_schedule(budget, n_vision, n_layers, layers, lambda t: (t,) * len(layers))  # raises
-        profile, t_max = shape_profile(published_shape(budget, n_vision), len(layers))
-        return solve_schedule(budget, n_vision, n_layers, layers, profile, t_max)
+        return published_schedule(
+            Budget.parse(budget), n_vision, n_layers, layers, PUBLISHED, PUBLISHED_TOKENS
+        )
 
     def hooks(self, budget: Budget | str | int | float, target: ModelTarget) -> HookSet:
         layers = self.layers(target.llm_layers)

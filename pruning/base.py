@@ -366,3 +366,18 @@ def fingerprints(rows: torch.Tensor) -> list[bytes]:
     search)."""
     data = rows.detach().float().cpu().contiguous().numpy()
     return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in data]
+
+
+def all_rows(q_len: int, kv_len: int) -> torch.Tensor:
+    """Row selector for an encoder tap: every query row."""
+    return torch.arange(q_len)
+
+
+def cls_row(q_len: int, kv_len: int) -> torch.Tensor:
+    """Row selector for an encoder tap: the CLS query row only."""
+    return torch.tensor([0])
+
+
+def llm_layers_label(layers: Sequence[int]) -> str:
+    """``"llm layers 2, 6, 15"``: where a scheduled pruner acts, for ``stage_labels``."""
+    return f"llm layers {', '.join(str(k) for k in layers)}"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -337,3 +337,54 @@ def solve_schedule(
         c = k if i == m - 1 else min(max(round_half_up(n * fr[i]), k), n)
         stage_counts.append(min(c, stage_counts[-1]) if stage_counts else c)
     return Schedule(n, tuple(layer_counts(stage_counts)), stages)
+
+
+# ---------------------------------------------------------------------- schedules shaped by published tables
+
+
+def published_shape(
+    published: Mapping[int, Sequence[int]], budget: Budget, n: int, ref_tokens: int = 576
+) -> tuple[float, ...]:
+    """Stage proportions (relative to the first stage) of the published schedule nearest the budget;
+    ``published`` maps a paper's budget (of ``ref_tokens`` tokens) to its per-stage counts."""
+    if budget.kind is BudgetKind.AVG:
+        fraction = budget.value / n
+        key = min(published, key=lambda b: (abs(b / ref_tokens - fraction), b))
+    else:
+        fraction = budget.final_count(n) / n
+        key = min(published, key=lambda b: (abs(published[b][-1] / ref_tokens - fraction), b))
+    first = published[key][0]
+    return tuple(c / first for c in published[key])
+
+
+def shape_profile(shape: Sequence[float], stages: int) -> tuple[Profile, float]:
+    """Profile over ``stages`` stages built from a published shape (its first/last entries when fewer;
+    continued geometrically when more) and the ``t`` at which it keeps everything."""
+    shape = tuple(shape)
+    picked = (
+        shape if stages == len(shape) else (shape[:1] if stages == 1 else (*shape[: stages - 1], shape[-1]))
+    )
+    if len(picked) < stages:
+        ratio = picked[-1] / picked[-2] if len(picked) > 1 else 0.5
+        picked = (*picked, *(picked[-1] * ratio ** (i + 1) for i in range(stages - len(picked))))
+
+    def profile(t: float) -> tuple[float, ...]:
+        return tuple(min(1.0, t * s) for s in picked)
+
+    return profile, 1.0 / min(picked)
+
+
+def published_schedule(
+    budget: Budget,
+    n: int,
+    n_layers: int,
+    stage_layers: Sequence[int],
+    published: Mapping[int, Sequence[int]],
+    ref_tokens: int = 576,
+) -> Schedule:
+    """:func:`solve_schedule` with the stage proportions of the nearest published schedule."""
+    if budget.kind is BudgetKind.AVG and budget.value > n:
+        uniform: Profile = lambda t: (t,) * len(stage_layers)  # noqa: E731 - solve_schedule raises here
+        return solve_schedule(budget, n, n_layers, stage_layers, uniform)
+    profile, t_max = shape_profile(published_shape(published, budget, n, ref_tokens), len(stage_layers))
+    return solve_schedule(budget, n, n_layers, stage_layers, profile, t_max)

@@ -43,6 +43,8 @@ from pruning.base import (
     ScheduledLayerHook,
     Signal,
     Stage,
+    all_rows,
+    cls_row,
     fingerprints,
     selection_keeping,
     top_k,
@@ -150,14 +152,6 @@ class PTPConfig:
             raise PrunerConfigError(f"ptp alpha must be within 0..1, got {self.alpha}")
 
 
-def _all_rows(q_len: int, kv_len: int) -> torch.Tensor:
-    return torch.arange(q_len)
-
-
-def _cls_row(q_len: int, kv_len: int) -> torch.Tensor:
-    return torch.tensor([0])
-
-
 @dataclass
 class _Record:
     partition: torch.Tensor  # (n,) tile index inside its group
@@ -202,7 +196,7 @@ class PTPVisionHook(BudgetedVisionHook):
     def vision_tap_rows(self) -> dict[int, RowSelector]:
         if not self.active:
             return {}
-        return {self.target.feature_layer: _cls_row if self.target.cls_token else _all_rows}
+        return {self.target.feature_layer: cls_row if self.target.cls_token else all_rows}
 
     def _apply(
         self, stage: Stage, feats: torch.Tensor, meta: TokenMeta, ctx: VisionContext

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from lrs_vqa.engine.decoder import LayerView
-from pruning.base import HookSet, ModelTarget, Pruner, ScheduledLayerHook, Signal, Stage
+from pruning.base import HookSet, ModelTarget, Pruner, ScheduledLayerHook, Signal, Stage, llm_layers_label
 from pruning.budget import Budget, Profile, Schedule, scale_layers, solve_schedule
 from pruning.errors import PrunerConfigError
 from pruning.registry import register
@@ -87,7 +87,7 @@ class PyramidDrop(Pruner):
         return scale_layers(self.config.layers, n_layers, self.config.depth_ref, "pyramiddrop")
 
     def stage_labels(self, n_layers: int = 32) -> tuple[str, ...]:
-        return (f"llm layers {', '.join(str(k) for k in self.layers(n_layers))}",)
+        return (llm_layers_label(self.layers(n_layers)),)
 
     def plan(self, budget: Budget, n_vision: int, n_layers: int) -> Schedule:
         layers = self.layers(n_layers)

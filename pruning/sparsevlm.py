@@ -28,10 +28,18 @@ from pruning.base import (
     ScheduledLayerHook,
     Signal,
     Stage,
+    llm_layers_label,
     selection_keeping,
     top_k,
 )
-from pruning.budget import Budget, BudgetKind, Profile, Schedule, scale_layers, solve_schedule
+from pruning.budget import (
+    Budget,
+    Schedule,
+    published_schedule,
+    scale_layers,
+    shape_profile,
+)
+from pruning.budget import published_shape as nearest_published_shape
 from pruning.errors import PrunerConfigError
 from pruning.registry import register
 
@@ -101,26 +109,10 @@ def cluster_means(x: torch.Tensor, assign: torch.Tensor, clusters: int) -> torch
 
 def published_shape(budget: Budget, n: int) -> tuple[float, ...]:
     """Stage proportions (relative to the first stage) of the published schedule nearest the budget."""
-    if budget.kind is BudgetKind.AVG:
-        fraction = budget.value / n
-        key = min(PUBLISHED, key=lambda b: (abs(b / PUBLISHED_TOKENS - fraction), b))
-    else:
-        fraction = budget.final_count(n) / n
-        key = min(PUBLISHED, key=lambda b: (abs(PUBLISHED[b][-1] / PUBLISHED_TOKENS - fraction), b))
-    first = PUBLISHED[key][0]
-    return tuple(c / first for c in PUBLISHED[key])
+    return nearest_published_shape(PUBLISHED, budget, n, PUBLISHED_TOKENS)
 
 
-def stage_profile(shape: tuple[float, ...], stages: int) -> tuple[Profile, float]:
-    """Profile over ``stages`` stages (first/last of the published three when fewer survive scaling)."""
-    picked = (
-        shape if stages == len(shape) else (shape[:1] if stages == 1 else (*shape[: stages - 1], shape[-1]))
-    )
-
-    def profile(t: float) -> tuple[float, ...]:
-        return tuple(min(1.0, t * s) for s in picked)
-
-    return profile, 1.0 / min(picked)
+stage_profile = shape_profile  # the published three stages, first/last when fewer survive scaling
 
 
 # ------------------------------------------------------------------------------------------ pruner
@@ -212,15 +204,13 @@ class SparseVLM(Pruner):
         return scale_layers(self.config.layers, n_layers, self.config.depth_ref, "sparsevlm")
 
     def stage_labels(self, n_layers: int = 32) -> tuple[str, ...]:
-        return (f"llm layers {', '.join(str(k) for k in self.layers(n_layers))}",)
+        return (llm_layers_label(self.layers(n_layers)),)
 
     def plan(self, budget: Budget, n_vision: int, n_layers: int) -> Schedule:
-        budget = Budget.parse(budget)
         layers = self.layers(n_layers)
-        if budget.kind is BudgetKind.AVG and budget.value > n_vision:
-            return solve_schedule(budget, n_vision, n_layers, layers, lambda t: (t,) * len(layers))  # raises
-        profile, t_max = stage_profile(published_shape(budget, n_vision), len(layers))
-        return solve_schedule(budget, n_vision, n_layers, layers, profile, t_max)
+        return published_schedule(
+            Budget.parse(budget), n_vision, n_layers, layers, PUBLISHED, PUBLISHED_TOKENS
+        )
 
     def hooks(self, budget: Budget | str | int | float, target: ModelTarget) -> HookSet:
         layers = self.layers(target.llm_layers)

@@ -26,7 +26,17 @@ from typing import TYPE_CHECKING
 import torch
 
 from lrs_vqa.engine.decoder import Selection
-from pruning.base import BudgetedVisionHook, HookSet, ModelTarget, Pruner, Signal, Stage, top_k
+from pruning.base import (
+    BudgetedVisionHook,
+    HookSet,
+    ModelTarget,
+    Pruner,
+    Signal,
+    Stage,
+    all_rows,
+    cls_row,
+    top_k,
+)
 from pruning.budget import Budget, Schedule
 from pruning.errors import PrunerConfigError
 from pruning.pyramiddrop import QUERIES
@@ -75,14 +85,6 @@ class StarConfig:
             raise PrunerConfigError(f"star query must be one of {', '.join(QUERIES)}, got {self.query!r}")
 
 
-def _all_rows(q_len: int, kv_len: int) -> torch.Tensor:
-    return torch.arange(q_len)
-
-
-def _cls_row(q_len: int, kv_len: int) -> torch.Tensor:
-    return torch.tensor([0])
-
-
 class StarVisionHook(BudgetedVisionHook):
     stage = Stage.AFTER_ENCODER
 
@@ -96,7 +98,7 @@ class StarVisionHook(BudgetedVisionHook):
     def vision_tap_rows(self) -> dict[int, RowSelector]:
         if not self.active:
             return {}
-        return {self.target.feature_layer: _cls_row if self.target.cls_token else _all_rows}
+        return {self.target.feature_layer: cls_row if self.target.cls_token else all_rows}
 
     def _apply(
         self, stage: Stage, feats: torch.Tensor, meta: TokenMeta, ctx: VisionContext

@@ -57,7 +57,9 @@ from pruning.base import (
     PrunerHook,
     Signal,
     Stage,
+    all_rows,
     fingerprints,
+    llm_layers_label,
     map_rows,
     selection_keeping,
     top_k,
@@ -220,10 +222,6 @@ class _Shared:
     budget: Budget | None = None  # the LLM stages' budget (tokens or avg)
 
 
-def _all_rows(q_len: int, kv_len: int) -> torch.Tensor:
-    return torch.arange(q_len)
-
-
 class VFlowVisionHook(PrunerHook):
     def __init__(self, pruner: VFlowOpt, budget: Budget, target: ModelTarget, shared: _Shared) -> None:
         self.pruner = pruner
@@ -240,7 +238,7 @@ class VFlowVisionHook(PrunerHook):
         if not self.active:
             return {}
         self.pixels = self.token_pixels = None
-        return {self._layer: _all_rows}
+        return {self._layer: all_rows}
 
     def capture_pixels(self, pixels: torch.Tensor) -> None:
         if self.active:
@@ -402,7 +400,7 @@ class VFlowOpt(Pruner):
         return scale_layers(self.config.layers, n_layers, self.config.depth_ref, "vflowopt")
 
     def stage_labels(self, n_layers: int = 32) -> tuple[str, ...]:
-        return ("after_projector", f"llm layers {', '.join(str(k) for k in self.layers(n_layers))}")
+        return ("after_projector", llm_layers_label(self.layers(n_layers)))
 
     def llm_plan(self, budget: Budget, n: int, n_layers: int, layers: Sequence[int]) -> Schedule:
         fr = stage_fractions(len(layers), self.config.r1, self.config.r2)

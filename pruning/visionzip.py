@@ -18,7 +18,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lrs_vqa.engine.decoder import Selection
-from pruning.base import BudgetedVisionHook, HookSet, ModelTarget, Pruner, Signal, Stage, top_k
+from pruning.base import (
+    BudgetedVisionHook,
+    HookSet,
+    ModelTarget,
+    Pruner,
+    Signal,
+    Stage,
+    all_rows,
+    cls_row,
+    top_k,
+)
 from pruning.budget import Budget, Schedule, round_half_up, uniform_schedule
 from pruning.errors import PrunerConfigError
 from pruning.registry import register
@@ -107,14 +117,6 @@ class VisionZipConfig:
             )
 
 
-def _all_rows(q_len: int, kv_len: int) -> torch.Tensor:
-    return torch.arange(q_len)
-
-
-def _cls_row(q_len: int, kv_len: int) -> torch.Tensor:
-    return torch.tensor([0])
-
-
 class VisionZipHook(BudgetedVisionHook):
     stage = Stage.AFTER_ENCODER
 
@@ -128,7 +130,7 @@ class VisionZipHook(BudgetedVisionHook):
             return {}
         # Called when an encode starts: from here until after_encoder, captured keys belong to it.
         self.keys, self._armed = None, True
-        return {self.target.feature_layer: _cls_row if self.target.cls_token else _all_rows}
+        return {self.target.feature_layer: cls_row if self.target.cls_token else all_rows}
 
     def capture_keys(self, keys: torch.Tensor) -> None:
         if self._armed and self.active:
