@@ -378,6 +378,11 @@ def cls_row(q_len: int, kv_len: int) -> torch.Tensor:
     return torch.tensor([0])
 
 
+def saliency_rows(target: ModelTarget) -> dict[int, RowSelector]:
+    """Encoder tap rows for attention saliency at the feature layer: the CLS row, or every row without CLS."""
+    return {target.feature_layer: cls_row if target.cls_token else all_rows}
+
+
 def llm_layers_label(layers: Sequence[int]) -> str:
     """``"llm layers 2, 6, 15"``: where a scheduled pruner acts, for ``stage_labels``."""
     return f"llm layers {', '.join(str(k) for k in layers)}"

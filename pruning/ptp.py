@@ -43,9 +43,8 @@ from pruning.base import (
     ScheduledLayerHook,
     Signal,
     Stage,
-    all_rows,
-    cls_row,
     fingerprints,
+    saliency_rows,
     selection_keeping,
     top_k,
 )
@@ -196,7 +195,7 @@ class PTPVisionHook(BudgetedVisionHook):
     def vision_tap_rows(self) -> dict[int, RowSelector]:
         if not self.active:
             return {}
-        return {self.target.feature_layer: cls_row if self.target.cls_token else all_rows}
+        return saliency_rows(self.target)
 
     def _apply(
         self, stage: Stage, feats: torch.Tensor, meta: TokenMeta, ctx: VisionContext

@@ -33,8 +33,7 @@ from pruning.base import (
     Pruner,
     Signal,
     Stage,
-    all_rows,
-    cls_row,
+    saliency_rows,
     top_k,
 )
 from pruning.budget import Budget, Schedule
@@ -98,7 +97,7 @@ class StarVisionHook(BudgetedVisionHook):
     def vision_tap_rows(self) -> dict[int, RowSelector]:
         if not self.active:
             return {}
-        return {self.target.feature_layer: cls_row if self.target.cls_token else all_rows}
+        return saliency_rows(self.target)
 
     def _apply(
         self, stage: Stage, feats: torch.Tensor, meta: TokenMeta, ctx: VisionContext

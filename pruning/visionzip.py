@@ -25,8 +25,7 @@ from pruning.base import (
     Pruner,
     Signal,
     Stage,
-    all_rows,
-    cls_row,
+    saliency_rows,
     top_k,
 )
 from pruning.budget import Budget, Schedule, round_half_up, uniform_schedule
@@ -130,7 +129,7 @@ class VisionZipHook(BudgetedVisionHook):
             return {}
         # Called when an encode starts: from here until after_encoder, captured keys belong to it.
         self.keys, self._armed = None, True
-        return {self.target.feature_layer: cls_row if self.target.cls_token else all_rows}
+        return saliency_rows(self.target)
 
     def capture_keys(self, keys: torch.Tensor) -> None:
         if self._armed and self.active:
