@@ -6,13 +6,16 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from pyramid.errors import RasterInputError
+
+if TYPE_CHECKING:
+    from lrs_vqa.answer import AskOptions
 
 app = typer.Typer(
     name="lrs-vqa",
@@ -241,29 +244,25 @@ def ask(
     bands: Annotated[str | None, typer.Option(help="1-based R,G,B band indexes, e.g. 3,2,1.")] = None,
 ) -> None:
     """Answer a question about an image; print the answer (or a JSON record)."""
-    from lrs_vqa.answer import DEFAULT_MODEL, AskOptions, answer
-    from lrs_vqa.c2f import C2FOptions
+    from lrs_vqa.answer import DEFAULT_MODEL, answer
     from lrs_vqa.evidence import write_evidence
-    from pyramid.dip import PyramidOptions
 
-    options = AskOptions(
-        strategy=strategy,
-        scorer=scorer,
-        scorer_layers=scorer_layers,
-        c2f=C2FOptions(
-            mode=mode,
-            keep_ratio=keep_ratio,
-            max_tiles_per_level=max_tiles_per_level,
-            budget_tokens=budget_tokens,
-            keep_coarse=keep_coarse,
-        ),
-        level=level,
-        max_tiles=max_tiles,
-        max_vision_tokens=max_vision_tokens,
-        max_new_tokens=max_new_tokens,
-        pyramid=PyramidOptions(bands=_parse_bands(bands)),
+    options = _options_from_cli(
+        strategy,
+        scorer,
+        scorer_layers,
+        keep_ratio,
+        max_tiles_per_level,
+        budget_tokens,
+        keep_coarse,
+        level,
+        max_tiles,
+        max_vision_tokens,
+        max_new_tokens,
+        mode=mode,
         pruner=pruner,
         budget=budget,
+        bands=bands,
     )
     record = answer(
         image,
@@ -381,9 +380,12 @@ def _options_from_cli(
     mode: str = "default",
     pruner: str | None = None,
     budget: str | None = None,
-) -> object:
+    bands: str | None = None,
+) -> AskOptions:
+    """The ``AskOptions`` of ``ask``, ``eval`` and ``batch`` (the same options mean the same there)."""
     from lrs_vqa.answer import AskOptions
     from lrs_vqa.c2f import C2FOptions
+    from pyramid.dip import PyramidOptions
 
     return AskOptions(
         strategy=strategy,
@@ -402,6 +404,7 @@ def _options_from_cli(
         max_new_tokens=max_new_tokens,
         pruner=pruner,
         budget=budget,
+        pyramid=PyramidOptions(bands=_parse_bands(bands)),
     )
 
 
@@ -532,7 +535,7 @@ def eval_cmd(
         model=model or DEFAULT_MODEL,
         device=device,
         dtype=dtype,
-        options=_options_from_cli(  # type: ignore[arg-type]
+        options=_options_from_cli(
             strategy,
             scorer,
             scorer_layers,
@@ -670,7 +673,7 @@ def batch(
         image_root=image_root,
         device=device,
         dtype=dtype,
-        options=_options_from_cli(  # type: ignore[arg-type]
+        options=_options_from_cli(
             strategy,
             scorer,
             scorer_layers,
