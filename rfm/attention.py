@@ -11,11 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
 from lrs_vqa.engine.flops import layer_flops
-from rfm.attention_rows import last_token_attention
-from rfm.base import TokenScores, local_rows
+from rfm.attention_rows import score_local_view
+from rfm.base import TokenScores
 
 if TYPE_CHECKING:
     from lrs_vqa.models.base import ModelAdapter, VisionSegment
@@ -43,15 +41,14 @@ class AttentionScorer:
     def score(
         self, adapter: ModelAdapter, question: str, segments: Sequence[VisionSegment], local: int
     ) -> TokenScores:
-        prompt = adapter.build_prompt(question, segments)
-        vision_rows = torch.nonzero(prompt.inputs.vision).flatten()
-        keys = vision_rows[local_rows(adapter, segments, local)]
-        decoder = adapter.decoder
-        depth = self.depth(adapter)
-        scores = last_token_attention(
-            decoder.layers[:depth], decoder.rotary, decoder.config, prompt.inputs, keys
+        decoder, depth, shape = adapter.decoder, self.depth(adapter), adapter.llm_shape()
+        return score_local_view(
+            adapter,
+            question,
+            segments,
+            local,
+            decoder.layers[:depth],
+            decoder.rotary,
+            decoder.config,
+            lambda length: layer_flops(length, shape.hidden, shape.ffn, gated_mlp=shape.gated_mlp),
         )
-        rows = adapter.present_rows(segments[local])
-        shape = adapter.llm_shape()
-        cost = depth * layer_flops(prompt.inputs.length, shape.hidden, shape.ffn, gated_mlp=shape.gated_mlp)
-        return TokenScores(scores, rows, segments[local].meta.select(rows), tflops=cost / 1e12)

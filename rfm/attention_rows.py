@@ -8,13 +8,18 @@ over those keys is exactly that), then average the heads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import DynamicCache
 
 from lrs_vqa.engine.decoder import DecoderLoop, PrefillInputs
 from lrs_vqa.engine.taps import TapRecorder, last_row, recording
+from rfm.base import TokenScores, local_rows
+
+if TYPE_CHECKING:
+    from lrs_vqa.models.base import ModelAdapter, VisionSegment
 
 
 @torch.inference_mode()
@@ -45,3 +50,25 @@ def last_token_attention(
     local = probs[:, keys.to(probs.device)]
     local = local / local.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(local.dtype).tiny)
     return local.mean(dim=0).float().cpu()
+
+
+def score_local_view(
+    adapter: ModelAdapter,
+    question: str,
+    segments: Sequence[VisionSegment],
+    local: int,
+    layers: Sequence[torch.nn.Module],
+    rotary: torch.nn.Module,
+    config: object,
+    layer_cost: Callable[[int], float],
+) -> TokenScores:
+    """Both scorers' pass: the prompt the host LLM would read, :func:`last_token_attention` over
+    ``segments[local]``'s tokens, and the cost of running ``layers`` (``layer_cost(prompt length)`` FLOPs
+    each; the last layer runs whole, its MLP output discarded)."""
+    prompt = adapter.build_prompt(question, segments)
+    vision_rows = torch.nonzero(prompt.inputs.vision).flatten()
+    keys = vision_rows[local_rows(adapter, segments, local)]
+    scores = last_token_attention(layers, rotary, config, prompt.inputs, keys)
+    rows = adapter.present_rows(segments[local])
+    cost = len(layers) * layer_cost(prompt.inputs.length)
+    return TokenScores(scores, rows, segments[local].meta.select(rows), tflops=cost / 1e12)

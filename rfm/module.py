@@ -25,8 +25,8 @@ from torch import nn
 
 from lrs_vqa.engine.flops import layer_flops
 from lrs_vqa.engine.taps import TAP_ATTENTION
-from rfm.attention_rows import last_token_attention
-from rfm.base import TokenScores, local_rows
+from rfm.attention_rows import score_local_view
+from rfm.base import TokenScores
 
 if TYPE_CHECKING:
     from lrs_vqa.models.base import ModelAdapter, VisionSegment
@@ -182,14 +182,14 @@ class RFMScorer:
     def score(
         self, adapter: ModelAdapter, question: str, segments: Sequence[VisionSegment], local: int
     ) -> TokenScores:
-        prompt = adapter.build_prompt(question, segments)
-        vision_rows = torch.nonzero(prompt.inputs.vision).flatten()
-        keys = vision_rows[local_rows(adapter, segments, local)]
-        scores = last_token_attention(
-            self.rfm.layers, self.rfm.rotary_emb, self.rfm.config, prompt.inputs, keys
-        )
-        rows = adapter.present_rows(segments[local])
         cfg = self.rfm.config
-        per_layer = layer_flops(prompt.inputs.length, cfg.hidden_size, cfg.intermediate_size)  # type: ignore[attr-defined]
-        cost = len(self.rfm.layers) * per_layer  # the last layer runs whole (its MLP output is discarded)
-        return TokenScores(scores, rows, segments[local].meta.select(rows), tflops=cost / 1e12)
+        return score_local_view(
+            adapter,
+            question,
+            segments,
+            local,
+            self.rfm.layers,
+            self.rfm.rotary_emb,
+            cfg,
+            lambda length: layer_flops(length, cfg.hidden_size, cfg.intermediate_size),  # type: ignore[attr-defined]
+        )
