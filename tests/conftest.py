@@ -27,6 +27,10 @@ from rasterio.transform import from_origin
 
 from pyramid.dip import PyramidOptions
 
+# No test may reach the model hub: set before any test module imports transformers / huggingface_hub, which
+# read it once at import (test modules are collected in path order, so none of them can be relied on).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 CRS = "EPSG:32633"
 TRANSFORM = from_origin(500000.0, 5000000.0, 0.5, 0.5)
 # Odd sizes on purpose: power-of-two levels drop a remainder column/row and edge tiles are partial.

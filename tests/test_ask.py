@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 from pathlib import Path
 
 import pytest

@@ -4,10 +4,6 @@ FLOPs counter reproduces the literature's anchors."""
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 from unittest.mock import patch
 
 import numpy as np

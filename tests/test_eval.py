@@ -7,9 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import signal
 import subprocess
 import sys

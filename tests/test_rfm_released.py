@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 from collections.abc import Callable
 from pathlib import Path
 

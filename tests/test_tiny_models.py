@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
-from PIL import Image
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers / huggingface_hub read it at import
-
-import huggingface_hub.constants
 import torch
+from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from lrs_vqa.tiny import FAMILIES, MARKER_KEY, TinyModelInfo, is_random_tiny_model, make_tiny_model

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import re
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 from pathlib import Path
 
 import pytest
@@ -32,9 +28,13 @@ from pruning.transprune import (
     transprune_scores,
 )
 from pyramid.dip import DynamicImagePyramid, PyramidOptions
-from tests.pruning.helpers import (
+from tests.pruning.helpers import (  # noqa: F401 (fixtures are used by name)
     LLM_LAYERS,
     QUESTION,
+    adapters_fixture,
+    image_fixture,
+    one_thread,
+    scene_fixture,
     stock,
     thumbnail_prompt,
 )

@@ -8,10 +8,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +52,13 @@ from pruning.vflowopt import (
     recycle_merge,
     vision_keep,
 )
-from pyramid.synth import synthesize_scene
-from tests.pruning.helpers import (
+from tests.pruning.helpers import (  # noqa: F401 (fixtures are used by name)
     LLM_LAYERS,
     QUESTION,
+    adapters_fixture,
+    image_fixture,
+    one_thread,
+    scene_fixture,
     stock,
 )
 
@@ -261,13 +260,6 @@ def test_vision_keep() -> None:
     assert vision_keep(Budget.tokens(6), 10, 8, (3, 5), 1.0, 0.5) == 10  # capped at what is there
     # avg 8 over 8 layers = 64 token-layers; per entering token 3 + 2·1 + 3·.5 = 6.5 → ⌈9.85⌉ = 10
     assert vision_keep(Budget.avg(8), 16, 8, (3, 5), 1.0, 0.5) == 10
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("methods_b_scene") / "scene.tif"
-    synthesize_scene(out, (300, 220), seed=2)
-    return out
 
 
 @pytest.fixture(scope="module")

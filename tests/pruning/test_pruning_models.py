@@ -5,10 +5,6 @@ accounting, FastV keeps what eager attention says, chains compose and detach res
 from __future__ import annotations
 
 import itertools
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 from pathlib import Path
 
 import pytest
@@ -20,9 +16,13 @@ from lrs_vqa.models.base import ModelAdapter
 from lrs_vqa.tiny import FAMILIES
 from pruning import BudgetTooLargeError, BudgetUnreachableError, get_pruner
 from pyramid.dip import PyramidOptions
-from tests.pruning.helpers import (
+from tests.pruning.helpers import (  # noqa: F401 (fixtures are used by name)
     LLM_LAYERS,
     QUESTION,
+    adapters_fixture,
+    image_fixture,
+    one_thread,
+    scene_fixture,
     stock,
     thumbnail_prompt,
 )
