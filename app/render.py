@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from lrs_vqa.records import AnswerRecord, TileRecord
+from lrs_vqa.records import WORLD_MODEL_NOTE, AnswerRecord, TileRecord
 from pyramid.dip import DynamicImagePyramid
 
 Box = tuple[float, float, float, float]
@@ -117,6 +117,8 @@ def answer_markdown(record: AnswerRecord) -> str:
             "\n\n> ⚠️ **Random tiny model: this answer is meaningless.** It only shows the pipeline "
             "working; serve a real checkpoint with `--model` for real answers."
         )
+    elif record.synthetic_world:
+        body += f"\n\n> ℹ️ **Synthetic-world model.** {WORLD_MODEL_NOTE[0].upper()}{WORLD_MODEL_NOTE[1:]}."
     return body
 
 

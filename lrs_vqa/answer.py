@@ -6,6 +6,8 @@ Strategies (the baselines every comparison needs; the coarse-to-fine loop plugs 
 * ``anyres``    — the model's own fixed-grid processing of the coarse level (long side ~3 tiles), like the
                   paper's anyres-pX baselines: whatever the checkpoint's processor does with that image;
 * ``tiles-all`` — the thumbnail plus every tile of one pyramid level, refused above ``max_vision_tokens``;
+* ``region``    — the thumbnail plus the native tiles over given level-0 boxes (``AskOptions.region``): ask
+                  about a known place at full resolution; with the ground-truth box, a benchmark's oracle;
 * ``c2f``       — the coarse-to-fine loop (``lrs_vqa.c2f``): zoom level by level into the tiles a region
                   scorer points at, read only those, prune, answer. The default.
 """
@@ -40,8 +42,8 @@ if TYPE_CHECKING:
 from rfm.attention import AttentionScorer
 from rfm.base import RegionScorer
 
-DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
-STRATEGIES = ("c2f", "global", "anyres", "tiles-all")
+DEFAULT_MODEL = "world"  # the shipped synthetic-world model; pass a hub id or folder for real imagery
+STRATEGIES = ("c2f", "global", "anyres", "tiles-all", "region")
 SCORERS = ("attention", "rfm")
 
 
@@ -54,7 +56,8 @@ class AskOptions:
     strategy: str = "c2f"
     level: int | None = None  # tiles-all: pyramid level index (negative from native); default coarse
     max_tiles: int | None = None  # tiles-all: the finest level with at most this many tiles (anyres-pN)
-    max_vision_tokens: int = 16384  # tiles-all refuses above this
+    max_vision_tokens: int = 16384  # tiles-all and region refuse above this
+    region: tuple[tuple[int, int, int, int], ...] = ()  # region: level-0 x0, y0, x1, y1 boxes
     max_new_tokens: int = 32
     pyramid: PyramidOptions = field(default_factory=PyramidOptions)
     c2f: C2FOptions = field(default_factory=C2FOptions)
@@ -212,7 +215,38 @@ def _gather(
         return _Gathered(
             [seg0, shift_tiles(seg1, 1)], [thumb, *tiles], ["thumbnail"] + ["level"] * len(tiles)
         )
+    if options.strategy == "region":
+        return _gather_region(adapter, dip, options, vision_hooks)
     raise StrategyError(f"unknown strategy {options.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def _gather_region(
+    adapter: ModelAdapter, dip: DynamicImagePyramid, options: AskOptions, vision_hooks: Sequence[VisionHook]
+) -> _Gathered:
+    """The thumbnail plus every native tile over ``options.region`` (raster order)."""
+    from pyramid.levels import PixelBox
+
+    if not options.region:
+        raise StrategyError(
+            "the region strategy needs at least one box (--box x0,y0,x1,y1 in level-0 pixels)"
+        )
+    native = dip.levels[-1]
+    keys = set()
+    for box in options.region:
+        x0, y0, x1, y1 = box
+        if not (x0 < x1 and y0 < y1):
+            raise StrategyError(f"box {list(box)} is empty; give x0,y0,x1,y1 with x0 < x1 and y0 < y1")
+        found = dip.tiles_covering(native.index, PixelBox(x0, y0, x1, y1))
+        if not found:
+            raise StrategyError(f"box {list(box)} lies outside the {native.width}x{native.height} image")
+        keys.update(found)
+    if (len(keys) + 1) * adapter.tokens_per_tile > options.max_vision_tokens:
+        raise StrategyError(f"the region covers {len(keys)} native tiles, above --max-vision-tokens")
+    thumb = dip.thumbnail()
+    tiles = list(dip.stream(sorted(keys, key=lambda k: (k.row, k.col))))
+    seg0 = adapter.encode_tiles([thumb], newlines=False, level=-1, hooks=vision_hooks)
+    seg1 = adapter.encode_tiles(tiles, newlines=True, level=native.index, hooks=vision_hooks)
+    return _Gathered([seg0, shift_tiles(seg1, 1)], [thumb, *tiles], ["thumbnail"] + ["region"] * len(tiles))
 
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -395,6 +429,7 @@ def _answer_with(
         model=adapter.source,
         model_family=adapter.family,
         random_weights=adapter.random_weights,
+        synthetic_world=adapter.synthetic_world,
         strategy=options.strategy,
         image={
             k: image_info[k] for k in ("path", "width", "height", "bands", "dtype", "crs", "layout", "levels")
@@ -405,6 +440,7 @@ def _answer_with(
         levels=[step.describe() for step in gathered.c2f.steps] if gathered.c2f is not None else [],
         settings={
             "level": options.level,
+            **({"region": [list(b) for b in options.region]} if options.strategy == "region" else {}),
             "max_new_tokens": options.max_new_tokens,
             "device": device,
             "dtype": dtype,

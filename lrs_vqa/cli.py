@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lrs_vqa.records import WORLD_MODEL_NOTE
+from lrs_vqa.world import commands as world_commands
 from pyramid.errors import RasterInputError
 
 if TYPE_CHECKING:
@@ -281,6 +283,8 @@ def ask(
         return
     if record.random_weights:
         err.print("[random tiny model: the answer below is meaningless]", style="bold red", markup=False)
+    elif record.synthetic_world:
+        err.print(f"[{WORLD_MODEL_NOTE}]", style="yellow", markup=False)
     print(record.answer)
     s = record.stats
     err.print(
@@ -777,6 +781,9 @@ def _engine_errors() -> tuple[type[Exception], ...]:
     from lrs_vqa.models.registry import ModelLoadError
 
     return (StrategyError, C2FError, UnsupportedModelError, ModelLoadError, *own)
+
+
+world_commands.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

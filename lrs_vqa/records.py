@@ -65,6 +65,11 @@ class RunStats:
     tflops_scoring: float = 0.0  # c2f: the region scorer's passes over each level
 
 
+WORLD_MODEL_NOTE = (
+    "synthetic-world model: trained on the project's procedural scenes only, not a real remote-sensing model"
+)
+
+
 @dataclass(frozen=True)
 class AnswerRecord:
     question: str
@@ -79,9 +84,12 @@ class AnswerRecord:
     generated_tokens: int
     settings: dict[str, object] = field(default_factory=dict)
     levels: list[dict[str, object]] = field(default_factory=list)  # c2f: what happened at each level
+    synthetic_world: bool = False  # the model knows only the project's synthetic world scenes
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
         if self.random_weights:
             out["warning"] = "random tiny model: the answer is meaningless"
+        elif self.synthetic_world:
+            out["warning"] = WORLD_MODEL_NOTE
         return out

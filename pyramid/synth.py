@@ -159,7 +159,14 @@ class _Renderer:
     so the per-pixel work is two resizes, a few bit operations and the gather.
     """
 
-    def __init__(self, width: int, height: int, seed: int, objects: tuple[PlantedObject, ...]):
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        seed: int,
+        objects: tuple[PlantedObject, ...],
+        shares: tuple[float, ...] | None = None,
+    ):
         self.width, self.height, self.seed = width, height, seed
         # Land-cover field: a coarse octave (lakes, towns) plus detail at _CLASS_CELL, in
         # table levels x 256 (the fraction keeps the interpolation smooth); levels above
@@ -172,7 +179,7 @@ class _Renderer:
         texture = _octaves(np.random.default_rng([seed, 2]), shape, 4, 0.5)
         self.texture = np.rint(np.multiply(texture, 255, out=texture), out=texture).astype(np.uint8)
         del texture
-        self.table = _colour_table(cover * (_LAND_LEVELS - 1))
+        self.table = _colour_table(cover * (_LAND_LEVELS - 1), shares)
         self.roads = _roads(np.random.default_rng([seed, 3]), width, height)
         self.boxes = np.array([o.pixel_box for o in objects], dtype=np.int64).reshape(-1, 4)
         rgb = [(*_COLORS[o.color], 255) for o in objects]
@@ -214,14 +221,18 @@ class _Renderer:
         return img
 
 
-def _colour_table(cover: np.ndarray) -> np.ndarray:
+def _colour_table(cover: np.ndarray, shares: tuple[float, ...] | None = None) -> np.ndarray:
     """The packed-RGBX uint32 lookup table, indexed ``level << 8 | texture << 3 | noise``.
 
     Class thresholds are quantiles of the cover grid (in level units), so every scene shows
-    every class in about the planned shares; colour ramps from dark to light within a class.
+    every class in about the planned shares (``shares``: water, vegetation, fields, urban;
+    default ``_LAND_COVER``'s); colour ramps from dark to light within a class.
     """
-    shares = np.cumsum([c[0] for c in _LAND_COVER])[:-1]
-    cuts = np.concatenate([[0.0], np.quantile(cover, shares), [float(_LAND_LEVELS)]])
+    planned = [c[0] for c in _LAND_COVER] if shares is None else list(shares)
+    if len(planned) != len(_LAND_COVER) or min(planned) < 0 or abs(sum(planned) - 1.0) > 1e-6:
+        raise ValueError(f"land-cover shares must be {len(_LAND_COVER)} non-negative numbers summing to 1")
+    cum = np.cumsum(planned)[:-1]
+    cuts = np.concatenate([[0.0], np.quantile(cover, cum), [float(_LAND_LEVELS)]])
     level = np.arange(256, dtype=np.float64)
     tex = (np.arange(32) + 0.5) / 16.0 - 1.0  # [-1, 1]
     noise = np.arange(8) - _NOISE  # [-4, 3]

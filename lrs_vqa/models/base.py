@@ -116,6 +116,7 @@ class ModelAdapter:
 
     model_types: ClassVar[tuple[str, ...]] = ()
     family: ClassVar[str] = ""
+    synthetic_world: bool = False  # trained on the synthetic world only (set by the loader)
 
     def __init__(
         self, model: torch.nn.Module, processor: object, *, source: str, random_weights: bool

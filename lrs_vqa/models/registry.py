@@ -41,6 +41,32 @@ DTYPES = {
 }
 
 
+# Short names for checkpoints that ship with the project. ``world``: the synthetic-world model
+# (lrs_vqa/world/checkpoint; trained on procedural scenes only, see its README.md model card).
+WORLD_MODEL_DIR = Path(__file__).resolve().parents[1] / "world" / "checkpoint"
+MODEL_ALIASES: dict[str, Path] = {"world": WORLD_MODEL_DIR}
+WORLD_MARKER = "lrs_vqa_world_model"
+
+
+def resolve_model(source: str) -> str:
+    """An alias (``world``) → its folder; anything else unchanged."""
+    path = MODEL_ALIASES.get(source)
+    if path is None:
+        return source
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"the {source!r} model is missing from this installation ({path})")
+    return str(path)
+
+
+def is_world_model(source: str) -> bool:
+    """True for a checkpoint trained on the synthetic world only (its config carries the marker)."""
+    try:
+        data = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get(WORLD_MARKER) is True
+
+
 class ModelLoadError(RuntimeError):
     """The checkpoint could not be found or loaded (offline, bad path, ...)."""
 
@@ -68,6 +94,7 @@ def load_adapter(source: str, *, device: str = "cpu", dtype: str = "float32") ->
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    source = resolve_model(source)
     for layout_cls in LAYOUT_ADAPTERS:
         if layout_cls.claims(source):
             return layout_cls.from_checkpoint(source, device=device, dtype=DTYPES[dtype])
@@ -86,7 +113,9 @@ def load_adapter(source: str, *, device: str = "cpu", dtype: str = "float32") ->
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelLoadError(f"cannot load model {source!r}: {first}") from None
     random_weights = os.path.isdir(source) and is_random_tiny_model(source)
-    return adapter_cls(model, processor, source=source, random_weights=random_weights)
+    adapter = adapter_cls(model, processor, source=source, random_weights=random_weights)
+    adapter.synthetic_world = os.path.isdir(source) and is_world_model(source)
+    return adapter
 
 
 def describe_supported() -> str:
