@@ -1,26 +1,36 @@
 #!/usr/bin/env bash
-# The main job, end to end on a synthetic scene: synthesize → COG → inspect → picture → ask a question.
+# The main job, end to end on the synthetic world: write a scene (COG) with its questions → inspect → picture
+# → ask a question with the shipped world model and print the ground truth beside its answer.
 #
-#   MODEL=<hub id or local folder>  ask with a real checkpoint (needs it cached locally or a network);
-#                                   without MODEL the demo builds a tiny RANDOM model: its answer is meaningless.
+#   MODEL=<hub id or local folder>  ask a real checkpoint instead (needs it cached locally or a network);
+#                                   the default, `world`, is the project's synthetic-world model (offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-8192}
+SEED=${SEED:-7}
 OUT=${OUT:-demo-output}
+MODEL=${MODEL:-world}
 mkdir -p "$OUT"
 CLI=.venv/bin/lrs-vqa
 
-$CLI synth "$OUT/scene.tif" --size "$SIZE" --seed 7
-$CLI cog "$OUT/scene.tif" "$OUT/scene_cog.tif" --overwrite
-$CLI inspect "$OUT/scene_cog.tif"
-$CLI preview "$OUT/scene_cog.tif" "$OUT/pyramid.png" --objects "$OUT/scene.json"
-echo "overview with the pyramid's tile grids and the planted objects: $OUT/pyramid.png"
+$CLI world-bench "$OUT/world" --scenes 1 --sizes "$SIZE" --seed "$SEED" --overwrite
+SCENE=$(ls "$OUT"/world/LRS_VQA/image/*.tif)
+SIDECAR="$OUT/world/LRS_VQA/scenes/$(basename "${SCENE%.tif}").json"
+$CLI inspect "$SCENE"
+$CLI preview "$SCENE" "$OUT/pyramid.png" --objects "$SIDECAR"
+echo "overview with the pyramid's tile grids and the scene's objects: $OUT/pyramid.png"
 
-if [ -z "${MODEL:-}" ]; then
-  MODEL="$OUT/tiny-llava-onevision"
-  [ -d "$MODEL" ] || $CLI make-tiny-model "$MODEL" --family llava_onevision
-fi
-$CLI ask "$OUT/scene_cog.tif" "How many cars are in the image?" --model "$MODEL" \
-  --evidence "$OUT/evidence.geojson" --heatmap "$OUT/heatmap.png"
+# The demo question: the scene's first "object color" question (a needle tens of pixels wide).
+{ read -r QUESTION; read -r TRUTH; } < <(.venv/bin/python - "$OUT/world/LRS_VQA_merged.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(x) for x in open(sys.argv[1])]
+row = next(r for r in rows if r["category"] == "object color")
+print(row["text"].split("\n")[0])
+print(row["ground_truth"])
+PY
+)
+echo "question: $QUESTION"
+$CLI ask "$SCENE" "$QUESTION" --model "$MODEL" --evidence "$OUT/evidence.geojson" --heatmap "$OUT/heatmap.png"
+echo "ground truth: $TRUTH"
 echo "tiles the model read, as GeoJSON (open it in QGIS): $OUT/evidence.geojson"
 echo "where the question pointed (coarse-level scores, zoomed tiles outlined): $OUT/heatmap.png"

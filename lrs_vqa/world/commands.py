@@ -27,7 +27,7 @@ def world_bench(
     object_scale: Annotated[float, typer.Option(help="Scale of the objects (1 = tens of px).")] = 1.0,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
 ) -> None:
-    """A procedural needle-in-a-gigapixel-haystack benchmark in the LRS-VQA format (eval and score run on it)."""
+    """A procedural needle-in-a-gigapixel-haystack benchmark in the LRS-VQA format (eval, score run on it)."""
     from lrs_vqa.world.bench_writer import WorldBenchError, write_world_bench
 
     try:
@@ -65,6 +65,9 @@ def train_world_model(
         bool, typer.Option(help="A small model for a minute or two (tests, smoke checks).")
     ] = False,
     resume: Annotated[bool, typer.Option(help="Continue from out/train-state.pt when present.")] = True,
+    stop_at: Annotated[
+        int | None, typer.Option(help="Pause after this step (checkpointed); run again to continue.")
+    ] = None,
 ) -> None:
     """Train the synthetic-world VLM from scratch (resumable; the EMA weights land in OUT/model)."""
     from lrs_vqa.world.train import TrainConfig, TrainingError
@@ -79,9 +82,12 @@ def train_world_model(
     if cfg.steps < 1 or cfg.batch < 1 or workers < 0:
         raise _fail(ValueError("--steps and --batch must be positive and --workers >= 0"))
     try:
-        final = train(out, cfg, progress=True, resume=resume)
+        final = train(out, cfg, progress=True, resume=resume, stop_at=stop_at)
     except TrainingError as exc:
         raise _fail(exc) from None
+    if final is None:
+        err.print(f"paused at step {stop_at}; the same command without --stop-at continues")
+        return
     err.print(f"model: {final}  (lrs-vqa ask IMAGE QUESTION --model {final})")
 
 

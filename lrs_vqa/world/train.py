@@ -49,7 +49,7 @@ class TrainingError(ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000
+    steps: int = 1600
     batch: int = 16
     lr: float = 1e-3
     warmup: int = 150
@@ -57,7 +57,7 @@ class TrainConfig:
     aux_weight: float = 0.5
     ema_decay: float = 0.998
     seed: int = 0
-    samples_per_scene: int = 6
+    samples_per_scene: int = 16  # one rendered scene per batch keeps the renderer off the critical path
     checkpoint_every: int = 200
     eval_every: int = 250
     eval_questions: int = 256
@@ -211,7 +211,11 @@ class BatchStream(torch.utils.data.IterableDataset):
         self.cfg, self.processor, self.start = cfg, processor, start
 
     def __iter__(self) -> Iterator[Batch]:
-        torch.set_num_threads(1)
+        if torch.utils.data.get_worker_info() is not None:
+            import cv2
+
+            torch.set_num_threads(1)  # a renderer process: leave the cores to the optimizer
+            cv2.setNumThreads(1)
         codec = ChatCodec(self.processor)
         c = self.cfg
         for b in range(self.start, c.steps):
@@ -297,10 +301,16 @@ def evaluate(model: torch.nn.Module, aux: AuxHeads, batches: list[Batch], bf16: 
 
 
 def train_world_model(
-    out: str | Path, cfg: TrainConfig, *, progress: bool = True, resume: bool = True
-) -> Path:
+    out: str | Path,
+    cfg: TrainConfig,
+    *,
+    progress: bool = True,
+    resume: bool = True,
+    stop_at: int | None = None,
+) -> Path | None:
     """Train into ``out`` (resuming from ``out/train-state.pt`` when present); returns the folder of the
-    final checkpoint (``out/model``: the EMA weights, loadable by ``lrs-vqa ask --model``)."""
+    final checkpoint (``out/model``: the EMA weights, loadable by ``lrs-vqa ask --model``). ``stop_at``: pause
+    after that step with a checkpoint (returns None); the same call without it continues."""
     from timm.scheduler import CosineLRScheduler
     from timm.utils import ModelEmaV3
 
@@ -328,6 +338,8 @@ def train_world_model(
         num_workers=cfg.workers,
         prefetch_factor=4 if cfg.workers else None,
         persistent_workers=False,
+        # spawn, not fork: OpenCV's thread pool in a forked child can deadlock
+        multiprocessing_context="spawn" if cfg.workers else None,
     )
     log = (out / LOG).open("a")
     bar = _progress(progress, cfg.steps, start)
@@ -358,9 +370,13 @@ def train_world_model(
         log.write(json.dumps(row) + "\n")
         log.flush()
         bar(step, row)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_at:
             _save_state(state_path, cfg, step, model, aux, opt, ema)
+        if step == stop_at:
+            break
     log.close()
+    if step < cfg.steps:
+        return None
     final = out / "model"
     _export(ema.module, processor, final, cfg, step)
     plot_curve(out / LOG, out / CURVE)
@@ -444,11 +460,91 @@ def _export(model: torch.nn.Module, processor: object, folder: Path, cfg: TrainC
     model.config.lrs_vqa_world_training = {"steps": step, "seed": cfg.seed, "batch": cfg.batch}
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)  # type: ignore[attr-defined]
+    (tmp / "README.md").write_text(model_card(model, cfg, step, folder.parent / LOG))
     if folder.exists():
         import shutil
 
         shutil.rmtree(folder)
     os.replace(tmp, folder)
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = out.stdout.strip() or "unknown"
+    return commit + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def model_card(model: torch.nn.Module, cfg: TrainConfig, step: int, log: Path) -> str:
+    """The checkpoint's README: what it is, how it was made, what it scored, what it does not know."""
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    last = next((r for r in reversed(rows) if "holdout" in r), None)
+    seconds = rows[-1]["seconds"] if rows else 0.0
+    n = sum(p.numel() for p in model.parameters())
+    m = cfg.model
+    acc = (
+        "\n".join(f"| {k} | {v:.1%} |" for k, v in last["holdout"].items())
+        if last
+        else "| (no evaluation logged) | |"
+    )
+    return f"""---
+license: apache-2.0
+tags: [lrs-vqa, synthetic, vision-language-model, llava-onevision]
+---
+# lrs-vqa world model
+
+**Trained on the project's synthetic world scenes only** (`pyramid/world.py`: procedural land cover with
+airplanes, ships, storage tanks, cars and buildings in seven saturated colours). It is **not a remote-sensing
+model**: on real imagery its answers mean nothing. It exists so that the project's pipeline — the Dynamic
+Image Pyramid, the coarse-to-fine loop, the token pruners — can be measured against known answers offline.
+
+* **Architecture**: stock LLaVA-OneVision (`LlavaOnevisionForConditionalGeneration`): SigLIP vision tower
+  ({m.vision_layers} layers, width {m.vision_hidden}, {m.tile} px tiles, patch {m.patch}:
+  {m.grid}×{m.grid} = {m.grid**2} tokens a tile), 2-layer MLP projector, `image_newline`, Qwen2 decoder
+  ({m.text_layers} layers, width {m.text_hidden}, {m.text_heads} heads / {m.text_kv_heads} KV heads); the
+  project's word-level tokenizer and ChatML template. {n:,} parameters, fp32 safetensors. Loads with
+  `AutoProcessor` + `AutoModelForImageTextToText`, or `lrs-vqa ask IMAGE QUESTION --model world`.
+* **Training**: from scratch, `lrs-vqa train-world-model --out DIR --seed {cfg.seed}` ({step} steps of
+  {cfg.batch} samples, AdamW lr {cfg.lr} with timm's cosine schedule and {cfg.warmup} warm-up steps,
+  weight decay {cfg.weight_decay}, timm EMA {cfg.ema_decay} — the EMA weights are these; dense auxiliary
+  per-token category and colour heads (weight {cfg.aux_weight}, not part of this checkpoint); tile tokens
+  randomly thinned in {cfg.data.drop_share:.0%} of samples). {seconds / 60:.0f} minutes on a 2-core CPU.
+* **Data**: every sample is rendered on the fly from a scene seed at or above 2**32 drawn from
+  `(seed, batch index)` (scenes of {cfg.data.min_size}-{cfg.data.max_size} px): the thumbnail plus
+  1-{cfg.data.max_extra_tiles + 1}+ tiles of one pyramid level (the asked object's tiles among them), the
+  question, the answer. `lrs-vqa world-bench` scenes use seeds below 2**31, so no benchmark scene was
+  seen in training.
+* **Code**: commit {_commit()}.
+
+## In-training hold-out (teacher-forced exact answer, thumbnail + the target's native tiles)
+
+{cfg.eval_questions} questions about scenes with seeds from 2**31 (never trained on). Chance: colour 1/7,
+category 1/5, presence 1/2, count 1/5, rural or urban 1/2.
+
+| category | accuracy |
+|---|---|
+{acc}
+
+End-to-end accuracy by strategy (global, anyres, tiles-all, c2f, oracle) on the world benchmark's hold-out
+split is in the project's `bench/RESULTS.md` ("World benchmark").
+"""
 
 
 def plot_curve(log: Path, png: Path) -> None:
