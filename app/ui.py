@@ -32,8 +32,7 @@ from app.render import (
 from lrs_vqa.answer import StrategyError, answer, get_adapter, pyramid_spec_for
 from lrs_vqa.c2f import C2FError
 from lrs_vqa.evidence import write_evidence
-from lrs_vqa.models.base import UnsupportedModelError
-from lrs_vqa.models.registry import ModelLoadError
+from lrs_vqa.models.errors import ModelLoadError, UnsupportedModelError
 from pruning.errors import PruningError
 from pruning.registry import known_pruners
 from pyramid.dip import DynamicImagePyramid, PyramidOptions

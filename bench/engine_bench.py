@@ -54,7 +54,8 @@ import torch  # noqa: E402
 from lrs_vqa.answer import STRATEGIES, AskOptions, answer, pyramid_spec_for  # noqa: E402
 from lrs_vqa.engine.decoder import LayerView, PrefillInputs  # noqa: E402
 from lrs_vqa.engine.taps import TapRecorder, fixed_rows  # noqa: E402
-from lrs_vqa.models.base import EncodedPrompt, ModelAdapter, TokenMeta, VisionSegment  # noqa: E402
+from lrs_vqa.engine.tokens import TokenMeta, VisionSegment  # noqa: E402
+from lrs_vqa.models.base import EncodedPrompt, ModelAdapter  # noqa: E402
 from pyramid.dip import DynamicImagePyramid, PyramidOptions  # noqa: E402
 
 CHECKPOINT_NAME = "ov05b-random"

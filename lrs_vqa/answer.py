@@ -24,25 +24,25 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from lrs_vqa.c2f import C2FOptions, C2FResult, CoarseToFine, shift_tiles
+from lrs_vqa.c2f import C2FOptions, C2FResult, make_loop, shift_tiles
 from lrs_vqa.engine.decoder import LayerHook
 from lrs_vqa.engine.flops import flops_report
 from lrs_vqa.engine.hooks import VisionHook
+from lrs_vqa.engine.tokens import VisionSegment
 from lrs_vqa.heatmap import render_heatmap, write_heatmap
-from lrs_vqa.models.base import EncodedPrompt, ModelAdapter, VisionSegment
+from lrs_vqa.models.base import EncodedPrompt, ModelAdapter, pyramid_spec_for
 from lrs_vqa.records import AnswerRecord, RunStats, TileRecord
 from pyramid.dip import DynamicImagePyramid, PyramidOptions, Tile
-from pyramid.levels import PyramidSpec
 from pyramid.pool import PyramidPool
 
 if TYPE_CHECKING:
     from pruning.base import Attachment
-from rfm.attention import AttentionScorer
 from rfm.base import RegionScorer
+from rfm.scorers import ScorerUnavailableError, UnknownScorerError, build_scorer, scorer_names
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 STRATEGIES = ("c2f", "global", "anyres", "tiles-all")
-SCORERS = ("attention", "rfm")
+SCORERS = scorer_names()
 
 
 class StrategyError(ValueError):
@@ -75,12 +75,6 @@ def get_adapter(source: str, device: str = "cpu", dtype: str = "float32") -> Mod
     return load_adapter(source, device=device, dtype=dtype)
 
 
-def pyramid_spec_for(adapter: ModelAdapter) -> PyramidSpec:
-    """Tiles at the encoder's input size, a coarse level of about 3×3 tiles, as the paper's DIP."""
-    t = adapter.tile_size
-    return PyramidSpec(tile_size=t, coarse_long_side=3 * t, thumbnail_size=t)
-
-
 @dataclass
 class _Gathered:
     segments: list[VisionSegment]
@@ -91,18 +85,12 @@ class _Gathered:
 
 
 def region_scorer(adapter: ModelAdapter, options: AskOptions) -> RegionScorer:
-    """The scorer the c2f loop asks: the trained RFM that came with the model, or the attention one."""
-    if options.scorer == "attention":
-        return AttentionScorer(options.scorer_layers)
-    if options.scorer == "rfm":
-        scorer = getattr(adapter, "region_scorer", None)
-        if scorer is None:
-            raise StrategyError(
-                f"{adapter.source} has no trained Region Focus Module; use --scorer attention "
-                "(or load an LRS-VQA checkpoint such as ll-13/llava-largeimg-Qwen2-7B)"
-            )
-        return scorer
-    raise StrategyError(f"unknown scorer {options.scorer!r}; choose one of {', '.join(SCORERS)}")
+    """The scorer the c2f loop asks (``rfm.scorers``): the trained RFM that came with the model, or the
+    attention one."""
+    try:
+        return build_scorer(options.scorer, adapter, options.scorer_layers)
+    except (UnknownScorerError, ScorerUnavailableError) as exc:
+        raise StrategyError(str(exc)) from None
 
 
 def split_budget(budget: str, sizes: Sequence[int]) -> list[str]:
@@ -170,7 +158,7 @@ def _gather(
         vision_hooks = (*vision_hooks, *pruner_hooks)
     if options.strategy == "c2f":
         scorer = region_scorer(adapter, options)
-        loop = CoarseToFine(adapter, scorer, options.c2f, vision_hooks, () if split_views else pruner_hooks)
+        loop = make_loop(adapter, scorer, options.c2f, vision_hooks, () if split_views else pruner_hooks)
         result = loop.run(dip, question)
         if split_views:
             _prune_views(adapter, result, options, vision_hooks)

@@ -28,16 +28,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
 
+from lrs_vqa.c2f_modes import get_mode, mode_names, register_mode
 from lrs_vqa.engine.hooks import VisionHook
-from lrs_vqa.models.base import ModelAdapter, TokenMeta, VisionSegment
+from lrs_vqa.engine.tokens import TokenMeta, VisionSegment
+from lrs_vqa.models.base import ModelAdapter
 from pyramid.dip import DynamicImagePyramid, Tile, TileKey
 from pyramid.levels import PixelBox
 from rfm.base import RegionScorer, TokenScores
-
-MODES = ("default", "paper")  # paper: the released one-hop loop (lrs_vqa.c2f_paper, reference card §5)
 
 
 class C2FError(ValueError):
@@ -56,8 +57,8 @@ class C2FOptions:
     keep_coarse: bool = False  # also keep the coarse level's focus tokens as context
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise C2FError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.mode not in mode_names():
+            raise C2FError(f"unknown mode {self.mode!r}; choose one of {', '.join(mode_names())}")
         if not 0 < self.keep_ratio <= 1:
             raise C2FError(f"keep ratio must be in (0, 1], got {self.keep_ratio}")
         if not 0 < self.focus_mass <= 1:
@@ -177,8 +178,30 @@ def shift_tiles(segment: VisionSegment, offset: int) -> VisionSegment:
     )
 
 
+class Loop(Protocol):
+    """What a c2f mode builds (``lrs_vqa.c2f_modes``): one question over one pyramid → a ``C2FResult``."""
+
+    def run(self, dip: DynamicImagePyramid, question: str) -> C2FResult: ...
+
+
+def make_loop(
+    adapter: ModelAdapter,
+    scorer: RegionScorer,
+    options: C2FOptions | None = None,
+    vision_hooks: Sequence[VisionHook] = (),
+    pruner_hooks: Sequence[VisionHook] | None = None,
+) -> Loop:
+    """The loop of ``options.mode`` (registered in ``lrs_vqa.c2f_modes``)."""
+    options = options or C2FOptions()
+    mode = get_mode(options.mode)
+    if mode is None:
+        raise C2FError(f"unknown mode {options.mode!r}; choose one of {', '.join(mode_names())}")
+    return mode.loop(adapter, scorer, options, vision_hooks, pruner_hooks)
+
+
+@register_mode("default", "multi-level, capped")
 class CoarseToFine:
-    """Runs the loop for one question over one pyramid with one adapter and one scorer."""
+    """The default mode's loop, for one question over one pyramid with one adapter and one scorer."""
 
     def __init__(
         self,
@@ -194,6 +217,10 @@ class CoarseToFine:
         self.adapter = adapter
         self.scorer = scorer
         self.options = options or C2FOptions()
+        if self.options.mode != "default":  # other modes have their own loop: make_loop picks it
+            raise C2FError(
+                f"CoarseToFine runs the default mode; use make_loop for mode {self.options.mode!r}"
+            )
         self.hooks = vision_hooks
         self.pruner_hooks = pruner_hooks
 
@@ -249,10 +276,6 @@ class CoarseToFine:
 
     def run(self, dip: DynamicImagePyramid, question: str) -> C2FResult:
         opt = self.options
-        if opt.mode == "paper":
-            from lrs_vqa.c2f_paper import PaperLoop
-
-            return PaperLoop(self.adapter, self.scorer, opt.keep_ratio, self.hooks).run(dip, question)
         thumb = dip.thumbnail()
         seg_thumb = self._encode([thumb], -1, newlines=False)
         thumb_tokens = len(self.adapter.present_rows(seg_thumb))

@@ -773,8 +773,7 @@ def _engine_errors() -> tuple[type[Exception], ...]:
         return own
     from lrs_vqa.answer import StrategyError
     from lrs_vqa.c2f import C2FError
-    from lrs_vqa.models.base import UnsupportedModelError
-    from lrs_vqa.models.registry import ModelLoadError
+    from lrs_vqa.models.errors import ModelLoadError, UnsupportedModelError
 
     return (StrategyError, C2FError, UnsupportedModelError, ModelLoadError, *own)
 

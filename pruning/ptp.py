@@ -56,7 +56,7 @@ from pruning.star import self_attention_scores
 if TYPE_CHECKING:
     from lrs_vqa.engine.hooks import VisionContext
     from lrs_vqa.engine.taps import RowSelector
-    from lrs_vqa.models.base import TokenMeta
+    from lrs_vqa.engine.tokens import TokenMeta
 
 # ------------------------------------------------------------------------------------------ pure
 

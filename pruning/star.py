@@ -46,7 +46,7 @@ from pruning.visionzip import cls_dominance, received_dominance
 if TYPE_CHECKING:
     from lrs_vqa.engine.hooks import VisionContext
     from lrs_vqa.engine.taps import RowSelector
-    from lrs_vqa.models.base import TokenMeta
+    from lrs_vqa.engine.tokens import TokenMeta
 
 # ------------------------------------------------------------------------------------------ pure
 

@@ -79,7 +79,8 @@ from pruning.registry import register
 if TYPE_CHECKING:
     from lrs_vqa.engine.hooks import VisionContext
     from lrs_vqa.engine.taps import RowSelector
-    from lrs_vqa.models.base import ModelAdapter, TokenMeta
+    from lrs_vqa.engine.tokens import TokenMeta
+    from lrs_vqa.models.base import ModelAdapter
 
 CALIBRATION_FORMAT = "vflowopt-calibration/1"
 TUNABLE = ("t", "cell", "alpha", "r1", "r2")
@@ -503,7 +504,7 @@ def last_token_state(
 
 def encode_global(adapter: ModelAdapter, image: str | Path, question: str, vision_hooks: Sequence[Any] = ()):
     """The global-strategy prompt (the image's thumbnail as one tile) with ``vision_hooks`` applied."""
-    from lrs_vqa.answer import pyramid_spec_for
+    from lrs_vqa.models.base import pyramid_spec_for
     from pyramid.dip import DynamicImagePyramid, PyramidOptions
 
     with tempfile.TemporaryDirectory() as cache:

@@ -35,7 +35,8 @@ from pruning.registry import register
 if TYPE_CHECKING:
     from lrs_vqa.engine.hooks import VisionContext
     from lrs_vqa.engine.taps import RowSelector
-    from lrs_vqa.models.base import ModelAdapter, TokenMeta
+    from lrs_vqa.engine.tokens import TokenMeta
+    from lrs_vqa.models.base import ModelAdapter
 
 METRICS = ("keys", "features")
 

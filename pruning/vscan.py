@@ -54,7 +54,8 @@ if TYPE_CHECKING:
     from lrs_vqa.engine.decoder import Selection
     from lrs_vqa.engine.hooks import VisionContext
     from lrs_vqa.engine.taps import RowSelector
-    from lrs_vqa.models.base import ModelAdapter, TokenMeta
+    from lrs_vqa.engine.tokens import TokenMeta
+    from lrs_vqa.models.base import ModelAdapter
 
 LLAVA_FAMILIES = ("llava",)
 

@@ -12,8 +12,8 @@ import torch
 
 from lrs_vqa.answer import AskOptions, StrategyError, answer, get_adapter, pyramid_spec_for
 from lrs_vqa.cli import main
-from lrs_vqa.models.base import UnsupportedModelError
-from lrs_vqa.models.registry import ModelLoadError, load_adapter
+from lrs_vqa.models.errors import ModelLoadError, UnsupportedModelError
+from lrs_vqa.models.registry import load_adapter
 from lrs_vqa.tiny import FAMILIES, make_tiny_model
 from pyramid import DynamicImagePyramid, PyramidOptions
 from pyramid.synth import synthesize_scene

@@ -17,7 +17,8 @@ from PIL import Image
 from lrs_vqa.answer import AskOptions, answer, get_adapter, pyramid_spec_for
 from lrs_vqa.c2f import C2FError, C2FOptions, CoarseToFine, focus_rows
 from lrs_vqa.cli import main
-from lrs_vqa.models.base import ModelAdapter, VisionSegment
+from lrs_vqa.engine.tokens import VisionSegment
+from lrs_vqa.models.base import ModelAdapter
 from lrs_vqa.tiny import FAMILIES, make_tiny_model
 from pyramid.dip import DynamicImagePyramid, PyramidOptions
 from pyramid.levels import PixelBox

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from lrs_vqa.answer import AskOptions, answer, pyramid_spec_for
-from lrs_vqa.c2f import C2FOptions, CoarseToFine
+from lrs_vqa.c2f import C2FOptions, make_loop
 from lrs_vqa.c2f_paper import (
     PaperModeError,
     coarse_selection,
@@ -23,7 +23,8 @@ from lrs_vqa.c2f_paper import (
     retrieval_tiles,
     unpadded_grid,
 )
-from lrs_vqa.models.base import ModelAdapter, VisionSegment
+from lrs_vqa.engine.tokens import VisionSegment
+from lrs_vqa.models.base import ModelAdapter
 from lrs_vqa.models.largeimg import LargeImgAdapter
 from pyramid.dip import DynamicImagePyramid, PyramidOptions
 from pyramid.levels import PixelBox
@@ -178,7 +179,7 @@ def test_paper_loop_one_hop_on_the_released_layout(largeimg, scene: Path, tmp_pa
 
     options = PyramidOptions(spec=pyramid_spec_for(adapter), cache_dir=tmp_path / "cache")
     with DynamicImagePyramid.open(scene, options) as dip:
-        loop = CoarseToFine(adapter, GradedScorer(), C2FOptions(mode="paper"))
+        loop = make_loop(adapter, GradedScorer(), C2FOptions(mode="paper"))
         result = loop.run(dip, "where are the ships?")
         tiles_read = dip.stats["tiles_read"]
 

@@ -19,13 +19,15 @@ import torch
 from PIL import Image
 
 from lrs_vqa.answer import AskOptions, answer, pyramid_spec_for
-from lrs_vqa.models.base import UnsupportedModelError, VisionSegment
+from lrs_vqa.engine.tokens import VisionSegment
+from lrs_vqa.models.errors import ModelLoadError, UnsupportedModelError
 from lrs_vqa.models.largeimg import LargeImgAdapter
-from lrs_vqa.models.registry import ModelLoadError, load_adapter
+from lrs_vqa.models.largeimg_checkpoint import load_released
+from lrs_vqa.models.registry import load_adapter
 from pyramid.dip import DynamicImagePyramid, PyramidOptions
 from rfm.attention import AttentionScorer
 from rfm.module import RegionFocusModule, RFMScorer
-from rfm.released import load_released
+from rfm.scorers import build_scorer
 
 HIDDEN, FFN, HEADS, LLM_LAYERS, N_RFM = 64, 128, 4, 3, 2
 HEAD_DIM = HIDDEN // HEADS
@@ -372,7 +374,7 @@ def test_registry_dispatches_on_the_original_layout(checkpoints) -> None:
     adapter = load_adapter(str(folder))
     assert isinstance(adapter, LargeImgAdapter) and adapter.family == "llava_largeimg"
     assert adapter.random_weights  # the tiny marker in config.json
-    assert isinstance(adapter.region_scorer, RFMScorer)
+    assert isinstance(build_scorer("rfm", adapter), RFMScorer)
 
 
 # ------------------------------------------------------------------------------------- vision and prompt
@@ -514,7 +516,7 @@ def test_rfm_score_equals_eager_recomputation(llm: str, adapters, checkpoints, i
     adapter = adapters[llm]
     _, written, _ = checkpoints[llm]
     segments = _segments(adapter, image_path)
-    scores = adapter.region_scorer.score(adapter, QUESTION, segments, 1)
+    scores = build_scorer("rfm", adapter).score(adapter, QUESTION, segments, 1)
     n_l = len(segments[1].meta)
     assert scores.scores.shape == (n_l,) and scores.scores.dtype == torch.float32
     assert torch.equal(scores.rows, torch.arange(n_l))

@@ -10,7 +10,7 @@ import torch
 
 from lrs_vqa.answer import AskOptions, answer, get_adapter, pyramid_spec_for
 from lrs_vqa.engine.hooks import EncoderSelection
-from lrs_vqa.models.base import UnsupportedModelError
+from lrs_vqa.models.errors import UnsupportedModelError
 from lrs_vqa.tiny import make_tiny_model
 from pyramid.dip import DynamicImagePyramid, PyramidOptions
 from pyramid.synth import synthesize_scene

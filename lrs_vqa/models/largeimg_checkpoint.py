@@ -6,14 +6,14 @@ Every key of the checkpoint goes to exactly one place:
 * ``model.embed_tokens.*``, ``model.layers.*``, ``model.norm.*``, ``lm_head.*`` → a stock
   ``Qwen2ForCausalLM`` / ``LlamaForCausalLM`` (same key names);
 * ``model.mm_projector.mlp_projector.{0,2}.*`` → the ``Linear → GELU → Linear`` projector;
-* ``model.mm_projector.token_pruner.layers.{i}.*`` and ``.norm.*`` → :class:`rfm.module.RegionFocusModule`
-  (N+1 layers);
+* ``model.mm_projector.token_pruner.layers.{i}.*`` and ``.norm.*`` →
+  :class:`lrs_vqa.models.region_focus.RegionFocusModule` (N+1 layers);
 * ``model.image_newline`` → the row-end newline embedding;
 * ``model.vision_tower.vision_tower.vision_model.*`` → a stock ``CLIPVisionModel`` if present; otherwise the
   tower named by ``mm_vision_tower`` is loaded from its own hub id or folder.
 
 Loading is strict: a missing or unexpected key, or a shape that does not match the config, raises
-:class:`lrs_vqa.models.registry.ModelLoadError` with a one-line message naming them. The only keys skipped
+:class:`lrs_vqa.models.errors.ModelLoadError` with a one-line message naming them. The only keys skipped
 are derived buffers some savers persist (``*.rotary_emb.inv_freq``, ``*.embeddings.position_ids``). N is
 read from the checkpoint keys and checked against ``llm_layer_list`` when the config has one.
 """
@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from lrs_vqa.engine.taps import TAP_ATTENTION
-from lrs_vqa.models.registry import ModelLoadError
-from rfm.module import RegionFocusModule
+from lrs_vqa.models.errors import ModelLoadError
+from lrs_vqa.models.region_focus import RegionFocusModule
 
 RFM_PROJECTOR_TYPE = "mlp2x_gelu_after_distillpruner"
 POOL_MODES = ("bilinear", "average", "max")
