@@ -51,11 +51,12 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from lrs_vqa.answer import STRATEGIES, AskOptions, answer, pyramid_spec_for  # noqa: E402
+from lrs_vqa.answer import AskOptions, answer, pyramid_spec_for  # noqa: E402
 from lrs_vqa.engine.decoder import LayerView, PrefillInputs  # noqa: E402
 from lrs_vqa.engine.taps import TapRecorder, fixed_rows  # noqa: E402
 from lrs_vqa.engine.tokens import TokenMeta, VisionSegment  # noqa: E402
 from lrs_vqa.models.base import EncodedPrompt, ModelAdapter  # noqa: E402
+from lrs_vqa.strategies import strategy_names  # noqa: E402
 from pyramid.dip import DynamicImagePyramid, PyramidOptions  # noqa: E402
 
 CHECKPOINT_NAME = "ov05b-random"
@@ -929,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=27328, help="side of the square synthetic scene (px)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out", help="work folder (git-ignored)")
-    ap.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated, in run order")
+    ap.add_argument("--strategies", default=",".join(strategy_names()), help="comma-separated, in run order")
     ap.add_argument("--repeats", type=int, default=2, help="measured runs per strategy (after one warm-up)")
     ap.add_argument("--tap-repeats", type=int, default=3, help="rounds of the tap-overhead comparison")
     ap.add_argument(
@@ -954,8 +955,8 @@ def main(argv: list[str] | None = None) -> int:
         args.tap_prompt, args.wait_quiet, args.paired_rounds = "global", 0.0, 2
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     for s in strategies:
-        if s not in STRATEGIES:
-            ap.error(f"unknown strategy {s!r}; choose from {', '.join(STRATEGIES)}")
+        if s not in strategy_names():
+            ap.error(f"unknown strategy {s!r}; choose from {', '.join(strategy_names())}")
 
     from lrs_vqa.models.registry import load_adapter
 

@@ -49,13 +49,14 @@ from engine_bench import (  # noqa: E402
     write_results_section,
 )
 
-from lrs_vqa.answer import pyramid_spec_for, split_budget  # noqa: E402
+from lrs_vqa.answer import pyramid_spec_for  # noqa: E402
 from lrs_vqa.c2f import C2FOptions, CoarseToFine  # noqa: E402
 from lrs_vqa.engine.decoder import LayerView, Selection  # noqa: E402
 from lrs_vqa.engine.flops import flops_report  # noqa: E402
 from lrs_vqa.engine.tokens import VisionSegment  # noqa: E402
 from lrs_vqa.models.base import ModelAdapter  # noqa: E402
 from lrs_vqa.models.registry import load_adapter  # noqa: E402
+from lrs_vqa.strategies.c2f import split_budget  # noqa: E402
 from pruning.errors import PruningError  # noqa: E402
 from pruning.registry import get_pruner, known_pruners  # noqa: E402
 from pyramid.dip import THUMBNAIL, DynamicImagePyramid, PyramidOptions, Tile  # noqa: E402

@@ -418,45 +418,10 @@ def _print_bad_rows(bad_rows: tuple[object, ...] | list[object], what: str, limi
         err.print(f"  ... and {len(bad_rows) - limit} more (all of them with --json)", markup=False)
 
 
-def _print_rule_scores(scores: object, title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    for col in ("sub-dataset", "category", "correct", "total", "acc %"):
-        table.add_column(col, justify="left" if col in ("sub-dataset", "category") else "right")
-    for group in [*scores.subsets, scores.overall]:  # type: ignore[attr-defined]
-        for c in group.categories:
-            table.add_row(group.name, c.category, str(c.correct), str(c.total), f"{c.accuracy:.2f}")
-        table.add_row(group.name, "[bold]OA[/bold]", str(group.correct), str(group.total), f"{group.oa:.2f}")
-        table.add_row(group.name, "[bold]AA[/bold]", "", "", f"{group.aa:.2f}", end_section=True)
-    out.print(table)
-    out.print(f"mean of the sub-datasets' AA: {scores.mean_subset_aa:.2f}")  # type: ignore[attr-defined]
-
-
 def _print_report(report: object) -> None:
-    from lrs_vqa.mme import MMEScoreReport
+    from lrs_vqa.benchmarks import get_benchmark
 
-    if isinstance(report, MMEScoreReport):
-        table = Table(title=f"MME-RealWorld: {report.path}", title_justify="left")
-        for col in ("task", "subtask", "category", "correct", "total", "acc %", "E"):
-            table.add_column(col, justify="left" if col in ("task", "subtask", "category") else "right")
-        for c in report.categories:
-            table.add_row(
-                c.task,
-                c.subtask,
-                c.category,
-                str(c.correct),
-                str(c.total),
-                f"{c.accuracy:.2f}",
-                str(c.e_choices),
-            )
-        out.print(table)
-        out.print(
-            f"Overall Acc (sample-weighted): {report.accuracy:.2f}% ({report.correct}/{report.rows_scored})"
-        )
-    else:
-        _print_rule_scores(report.official, f"LRS-VQA, official rule: {report.path}")  # type: ignore[attr-defined]
-        if report.normalized is not None:  # type: ignore[attr-defined]
-            _print_rule_scores(report.normalized, "normalized rule (NOT the official figure)")  # type: ignore[attr-defined]
-        err.print(f"synonym rule: {report.wordnet.describe()}", markup=False, highlight=False)  # type: ignore[attr-defined]
+    get_benchmark(report.benchmark).print_report(report, out, err)  # type: ignore[attr-defined]
     for note in report.notes:  # type: ignore[attr-defined]
         err.print(f"note: {note}", markup=False, highlight=False)
     _print_bad_rows(report.bad_rows, "bad rows (listed, not silently dropped)")  # type: ignore[attr-defined]
@@ -473,7 +438,7 @@ def score(
 ) -> None:
     """Score an LRS-VQA answer file with the official rule (OA, AA and per category, per sub-dataset);
     MME-RealWorld answer files are recognised and scored by option letter."""
-    from lrs_vqa.scoring import score_file
+    from lrs_vqa.benchmarks import score_file
 
     report = score_file(answers, normalize=normalize)
     if as_json:
@@ -579,7 +544,7 @@ def eval_cmd(
     )
     scores = result.results.get("scores")
     if scores is not None:
-        from lrs_vqa.scoring import score_file
+        from lrs_vqa.benchmarks import score_file
 
         _print_report(score_file(result.answers_path, normalize=normalize))
 
@@ -621,7 +586,7 @@ def merge(
         highlight=False,
     )
     if score_answers:
-        from lrs_vqa.scoring import score_file
+        from lrs_vqa.benchmarks import score_file
 
         _print_report(score_file(result.answers_path, normalize=normalize))
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lrs_vqa.answer import AskOptions, StrategyError, answer, split_budget
+from lrs_vqa.answer import AskOptions, StrategyError, answer
 from lrs_vqa.cli import main
+from lrs_vqa.strategies.c2f import split_budget
 from lrs_vqa.tiny import make_tiny_model
 from pyramid.dip import PyramidOptions
 

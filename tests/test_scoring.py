@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
+from lrs_vqa.benchmarks import score_file
 from lrs_vqa.cli import main
 from lrs_vqa.mme import extract_letter, mme_prompt, score_mme
 from lrs_vqa.rows import Row, read_rows
-from lrs_vqa.scoring import SynonymRule, normalize, score_file, score_lrs
+from lrs_vqa.scoring import SynonymRule, normalize, score_lrs
 from lrs_vqa.wordnet import WordNetMissingError, load_wordnet
 
 REAL_QUESTIONS = (
