@@ -243,9 +243,9 @@ def build_demo(config: ServeConfig) -> gr.Blocks:
                     model = gr.Dropdown(
                         choices=list(config.models), value=config.models[0], label="Model", elem_id="model"
                     )
-                    strategy = gr.Radio(list(APP_STRATEGIES), value="c2f", label="Strategy")
-                    scorer = gr.Radio(list(APP_SCORERS), value="attention", label="Scorer (c2f)")
                     defaults = RunSettings(model=config.models[0])
+                    strategy = gr.Radio(list(APP_STRATEGIES), value=defaults.strategy, label="Strategy")
+                    scorer = gr.Radio(list(APP_SCORERS), value=defaults.scorer, label="Scorer (c2f)")
                     keep_ratio = gr.Slider(
                         0.01, 1.0, value=defaults.keep_ratio, step=0.01, label="Keep ratio"
                     )

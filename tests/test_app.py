@@ -24,6 +24,8 @@ from app.config import RunSettings, ServeConfig  # noqa: E402
 from app.examples import EXAMPLES  # noqa: E402
 from app.inputs import InputError, resolve_input  # noqa: E402
 from app.server import launch  # noqa: E402
+from lrs_vqa.c2f import C2FOptions  # noqa: E402
+from lrs_vqa.options import AskOptions  # noqa: E402
 from lrs_vqa.tiny import make_tiny_model  # noqa: E402
 from pyramid.synth import synthesize_scene  # noqa: E402
 
@@ -89,13 +91,17 @@ def test_config_defaults_are_loopback_and_the_cli_defaults() -> None:
     config = ServeConfig()
     assert config.host == "127.0.0.1" and config.port == 7860
     opts = RunSettings(model="m").ask_options()
+    ask, c2f = (
+        AskOptions(),
+        C2FOptions(),
+    )  # the CLI reads them too; values: test_c2f
     assert (opts.strategy, opts.scorer, opts.c2f.keep_ratio, opts.c2f.max_tiles_per_level) == (
-        "c2f",
-        "attention",
-        0.25,
-        16,
+        ask.strategy,
+        ask.scorer,
+        c2f.keep_ratio,
+        c2f.max_tiles_per_level,
     )
-    assert opts.c2f.budget_tokens == 4096
+    assert opts.c2f.budget_tokens == c2f.budget_tokens
 
 
 def test_input_rules(tmp_path: Path) -> None:

@@ -195,3 +195,15 @@ def test_tiles_all_max_tiles_picks_the_finest_level_that_fits(
             model=tiny_paths["llava"],
             options=AskOptions(strategy="tiles-all", level=0, max_tiles=4),
         )
+
+
+def test_cli_defaults_are_the_options_dataclasses():
+    from lrs_vqa.cli.ask_options import _parameters, _run
+    from lrs_vqa.options import DEFAULT_MODEL
+
+    run = _run({p.name: p.default for p in _parameters()})
+    assert run.options == AskOptions() and (run.model, run.device, run.dtype) == (
+        DEFAULT_MODEL,
+        "cpu",
+        "float32",
+    )

@@ -240,3 +240,20 @@ def test_rfm_scorer_needs_trained_weights(tmp_path: Path, tiny_paths: dict[str, 
     path = plain_raster(tmp_path / "scene.tif", 600, 400)
     with pytest.raises(ValueError, match="no trained Region Focus Module"):
         answer(path, "q?", model=tiny_paths["llava"], options=AskOptions(scorer="rfm"))
+
+
+def test_the_defaults_are_the_papers_and_declared_once():
+    """The one place the defaults are pinned; the CLI (tests/test_ask.py) and the app read the dataclasses."""
+    c2f, ask = C2FOptions(), AskOptions()
+    assert (c2f.mode, c2f.keep_ratio, c2f.max_tiles_per_level, c2f.budget_tokens) == (
+        "default",
+        0.25,
+        16,
+        4096,
+    )
+    assert (ask.strategy, ask.scorer, ask.max_vision_tokens, ask.max_new_tokens) == (
+        "c2f",
+        "attention",
+        16384,
+        32,
+    )
