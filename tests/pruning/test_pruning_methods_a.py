@@ -28,16 +28,7 @@ from pruning.transprune import (
     transprune_scores,
 )
 from pyramid.dip import DynamicImagePyramid, PyramidOptions
-from tests.pruning.helpers import (  # noqa: F401 (fixtures are used by name)
-    LLM_LAYERS,
-    QUESTION,
-    adapters_fixture,
-    image_fixture,
-    one_thread,
-    scene_fixture,
-    stock,
-    thumbnail_prompt,
-)
+from tests.pruning.helpers import LLM_LAYERS, QUESTION, stock, thumbnail_prompt
 
 
 def py_softmax(xs: list[float]) -> list[float]:

@@ -52,15 +52,7 @@ from pruning.vflowopt import (
     recycle_merge,
     vision_keep,
 )
-from tests.pruning.helpers import (  # noqa: F401 (fixtures are used by name)
-    LLM_LAYERS,
-    QUESTION,
-    adapters_fixture,
-    image_fixture,
-    one_thread,
-    scene_fixture,
-    stock,
-)
+from tests.pruning.helpers import LLM_LAYERS, QUESTION, stock
 
 
 def test_describe_pruners_lists_the_three() -> None:

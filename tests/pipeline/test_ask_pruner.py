@@ -13,7 +13,6 @@ from PIL import Image
 from lrs_vqa.answer import AskOptions, StrategyError, answer
 from lrs_vqa.cli import main
 from lrs_vqa.strategies.c2f import split_budget
-from lrs_vqa.tiny import make_tiny_model
 from pyramid.dip import PyramidOptions
 
 REQUIRED = {
@@ -34,8 +33,8 @@ REQUIRED = {
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny_pruner") / "llava", "llava", seed=2).path)
+def tiny(tiny_checkpoint) -> str:
+    return tiny_checkpoint("llava", 2)
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,14 @@ from lrs_vqa.engine.decoder import LayerView, PrefillInputs, Selection
 from lrs_vqa.engine.flops import LayerShape, flops_report, layer_flops, stack_flops
 from lrs_vqa.engine.taps import first_row
 from lrs_vqa.models.registry import load_adapter
-from lrs_vqa.tiny import FAMILIES, make_tiny_model
+from lrs_vqa.tiny import FAMILIES
 
 QUESTION = "what is the color of the car?"
 
 
 @pytest.fixture(scope="module")
-def tiny_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {fam: str(make_tiny_model(root / fam, fam, seed=3).path) for fam in FAMILIES}
+def tiny_paths(tiny_checkpoint) -> dict[str, str]:
+    return {fam: tiny_checkpoint(fam, 3) for fam in FAMILIES}
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NODATA, SH, SW, Raster, make_options, read_window
 
 from pyramid.dip import DynamicImagePyramid
 from pyramid.errors import UnsupportedRasterError
 from pyramid.levels import PixelBox
+from tests.pyramid.rasters import NODATA, SH, SW, Raster, make_options, read_window
 
 COARSE_W, COARSE_H = 1008, 739  # 1500 x 1100 → long side 1008, 1100 * 1008 / 1500 = 739.2
 

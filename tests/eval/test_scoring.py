@@ -20,7 +20,7 @@ from lrs_vqa.scoring import SynonymRule, normalize, score_lrs
 from lrs_vqa.wordnet import WordNetMissingError, load_wordnet
 
 REAL_QUESTIONS = (
-    Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lrs_vqa" / "LRS_VQA_merged.jsonl"
+    Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "lrs_vqa" / "LRS_VQA_merged.jsonl"
 )
 
 

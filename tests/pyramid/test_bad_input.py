@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import Raster, make_options, smooth, write_tiff
 from PIL import Image
 
 from lrs_vqa.cli import main
@@ -27,6 +26,7 @@ from pyramid.errors import (
     UnsupportedRasterError,
 )
 from pyramid.source import inspect_raster
+from tests.pyramid.rasters import Raster, make_options, smooth, write_tiff
 
 pytestmark = pytest.mark.usefixtures("isolated_default_cache")  # the CLI uses the default cache dir
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import shapely
 from affine import Affine
-from conftest import CRS, TRANSFORM, Raster, make_options
 from pyproj import Transformer
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
@@ -20,6 +19,7 @@ from pyramid.dip import THUMBNAIL, DynamicImagePyramid
 from pyramid.geometry import Georef
 from pyramid.levels import PixelBox
 from pyramid.source import inspect_raster
+from tests.pyramid.rasters import CRS, TRANSFORM, Raster, make_options
 
 TO_WGS84 = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
 

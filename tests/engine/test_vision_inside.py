@@ -19,9 +19,8 @@ LLAVA_FAMILIES = ["llava", "llava_onevision"]  # CLIP (with CLS) and SigLIP (wit
 
 
 @pytest.fixture(scope="module")
-def tiny_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("tiny_inside")
-    return {fam: str(make_tiny_model(root / fam, fam, seed=11).path) for fam in LLAVA_FAMILIES}
+def tiny_paths(tiny_checkpoint) -> dict[str, str]:
+    return {fam: tiny_checkpoint(fam, 11) for fam in LLAVA_FAMILIES}
 
 
 @pytest.fixture(scope="module")

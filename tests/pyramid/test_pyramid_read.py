@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import Raster, make_options, no_georef_warning, read_window
 
 from pyramid.cache import ByteLRUCache
 from pyramid.dip import THUMBNAIL, DynamicImagePyramid, TileKey
 from pyramid.levels import Level, PixelBox
 from pyramid.reader import Region, RegionReader
+from tests.pyramid.rasters import Raster, make_options, no_georef_warning, read_window
 
 LOSSLESS = dict(cache_min_pixels=1000, lossless_cache=True)
 

@@ -19,7 +19,7 @@ from lrs_vqa.c2f import C2FError, C2FOptions, CoarseToFine, focus_rows
 from lrs_vqa.cli import main
 from lrs_vqa.engine.tokens import VisionSegment
 from lrs_vqa.models.base import ModelAdapter
-from lrs_vqa.tiny import FAMILIES, make_tiny_model
+from lrs_vqa.tiny import FAMILIES
 from pyramid.dip import DynamicImagePyramid, PyramidOptions
 from pyramid.levels import PixelBox
 from rfm.base import TokenScores
@@ -28,9 +28,8 @@ PATCH = 14  # tiny models: 14 px patches
 
 
 @pytest.fixture(scope="module")
-def tiny_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("tiny_c2f")
-    return {fam: str(make_tiny_model(root / fam, fam, seed=7).path) for fam in FAMILIES}
+def tiny_paths(tiny_checkpoint) -> dict[str, str]:
+    return {fam: tiny_checkpoint(fam, 7) for fam in FAMILIES}
 
 
 def plain_raster(path: Path, width: int, height: int) -> Path:

@@ -26,10 +26,9 @@ from app.inputs import InputError, resolve_input  # noqa: E402
 from app.server import launch  # noqa: E402
 from lrs_vqa.c2f import C2FOptions  # noqa: E402
 from lrs_vqa.options import AskOptions  # noqa: E402
-from lrs_vqa.tiny import make_tiny_model  # noqa: E402
 from pyramid.synth import synthesize_scene  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUESTION = "How many cars are in the image?"
 
 
@@ -53,8 +52,8 @@ def scene(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(workdir: Path, scene: Path) -> Iterator[tuple[str, ServeConfig]]:
-    tiny = make_tiny_model(workdir / "tiny", "llava_onevision", seed=5).path
+def server(workdir: Path, scene: Path, tiny_checkpoint) -> Iterator[tuple[str, ServeConfig]]:
+    tiny = tiny_checkpoint("llava_onevision", 5)
     config = ServeConfig(
         port=free_port(),
         models=(str(tiny),),

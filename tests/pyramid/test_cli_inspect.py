@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import CRS, TRANSFORM, Raster
 
 from lrs_vqa.cli import main
+from tests.pyramid.rasters import CRS, TRANSFORM, Raster
 
 pytestmark = pytest.mark.usefixtures("isolated_default_cache")  # the CLI uses the default cache dir
 

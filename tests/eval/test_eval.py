@@ -22,10 +22,9 @@ from lrs_vqa.eval_errors import PathEscapeError
 from lrs_vqa.evaluate import EvalConfig, run_eval
 from lrs_vqa.questions import chunk, resolve_image
 from lrs_vqa.synthetic_benchmark import write_synthetic_benchmark
-from lrs_vqa.tiny import make_tiny_model
 from lrs_vqa.wordnet import WordNetMissingError, load_wordnet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_IMAGES, PER_IMAGE = 3, 3  # one image per sub-dataset
 VOLATILE = ("seconds", "peak_memory_mb")  # stats that differ between two runs of the same question
 
@@ -41,12 +40,12 @@ def _wordnet_or_skip() -> None:
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def bench(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bench")
     questions = write_synthetic_benchmark(
         root / "data", images=N_IMAGES, questions_per_image=PER_IMAGE, size=(320, 240), seed=4
     )
-    model = make_tiny_model(root / "model", "llava_onevision", seed=3).path
+    model = tiny_checkpoint("llava_onevision", 3)
     return {"root": root / "data", "questions": questions, "model": Path(model), "cache": root / "cache"}
 
 

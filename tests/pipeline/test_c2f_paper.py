@@ -29,7 +29,7 @@ from lrs_vqa.models.largeimg import LargeImgAdapter
 from pyramid.dip import DynamicImagePyramid, PyramidOptions
 from pyramid.levels import PixelBox
 from rfm.base import TokenScores
-from tests.test_rfm_released import write_checkpoint
+from tests.rfm.checkpoints import write_checkpoint
 
 # ------------------------------------------------------------------------------ the card's worked example
 

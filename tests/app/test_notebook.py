@@ -10,7 +10,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "worked_example.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "worked_example.ipynb"
 
 
 def test_worked_example_runs_top_to_bottom(monkeypatch: pytest.MonkeyPatch) -> None:

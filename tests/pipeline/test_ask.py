@@ -14,15 +14,14 @@ from lrs_vqa.answer import AskOptions, StrategyError, answer, get_adapter, pyram
 from lrs_vqa.cli import main
 from lrs_vqa.models.errors import ModelLoadError, UnsupportedModelError
 from lrs_vqa.models.registry import load_adapter
-from lrs_vqa.tiny import FAMILIES, make_tiny_model
+from lrs_vqa.tiny import FAMILIES
 from pyramid import DynamicImagePyramid, PyramidOptions
 from pyramid.synth import synthesize_scene
 
 
 @pytest.fixture(scope="module")
-def tiny_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("tiny_ask")
-    return {fam: str(make_tiny_model(root / fam, fam, seed=5).path) for fam in FAMILIES}
+def tiny_paths(tiny_checkpoint) -> dict[str, str]:
+    return {fam: tiny_checkpoint(fam, 5) for fam in FAMILIES}
 
 
 @pytest.fixture(scope="module")
