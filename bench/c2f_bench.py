@@ -46,18 +46,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "bench"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
 
 import torch  # noqa: E402
-from engine_bench import (  # noqa: E402
+from _common import (  # noqa: E402
     CHECKPOINT_NAME,
     NOISY_CORES,
     SHAPES,
     CpuMeter,
     build_checkpoint,
     find_or_make_scene,
+    git_state,
     machine,
     peak_rss_mb,
     reset_peak_rss,
@@ -472,11 +470,6 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def git(*args: str) -> str:
-    res = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
-    return res.stdout.strip()
-
-
 # ---------------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------------
@@ -517,11 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir.resolve()
     (out_dir / "c2f").mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / CHECKPOINT_NAME
-    dirty = git("status", "--porcelain", "--", "lrs_vqa", "rfm", "pyramid")
+    state = git_state("lrs_vqa", "rfm", "pyramid")
+    dirty = state["dirty"]
     res: dict[str, Any] = {
         "command": " ".join([".venv/bin/python", "bench/c2f_bench.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "commit": git("rev-parse", "HEAD"),
+        "commit": state["commit"],
         "dirty": (
             " with uncommitted edits in " + ", ".join(sorted({ln[3:] for ln in dirty.splitlines()}))
             if dirty

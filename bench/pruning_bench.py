@@ -35,12 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "bench"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
 
 import torch  # noqa: E402
-from engine_bench import (  # noqa: E402
+from _common import (  # noqa: E402
     CHECKPOINT_NAME,
     TEXT,
     build_checkpoint,
