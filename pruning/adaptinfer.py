@@ -44,9 +44,7 @@ from pruning.base import (
     Stage,
     llm_layers_label,
     map_rows,
-    top_k,
 )
-from pruning.base import selection_keeping as _keeping
 from pruning.budget import (
     Budget,
     Schedule,
@@ -54,8 +52,8 @@ from pruning.budget import (
     scale_layers,
 )
 from pruning.errors import PrunerConfigError
+from pruning.recycle import recycled_selection
 from pruning.registry import register
-from pruning.sparsevlm import SparseVLMHook
 
 if TYPE_CHECKING:
     from lrs_vqa.models.base import ModelAdapter
@@ -182,9 +180,10 @@ class AdaptInferHook(ScheduledLayerHook):
     def stage_selection(
         self, view: LayerView, vision: torch.Tensor, scores: torch.Tensor, keep: int
     ) -> Selection:
-        if self.pruner.config.recycle:
-            return SparseVLMHook.stage_selection(self, view, vision, scores, keep)  # type: ignore[arg-type]
-        return _keeping(view, vision[top_k(scores, keep)])
+        cfg = self.pruner.config  # SparseVLM's recycling, off unless asked for
+        return recycled_selection(
+            view, vision, scores, keep, cfg.recycle, cfg.recycle_share, cfg.cluster_div, cfg.knn
+        )
 
 
 def load_schedule(path: str | Path) -> dict[str, Any]:
