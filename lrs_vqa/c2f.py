@@ -36,39 +36,10 @@ from lrs_vqa.c2f_modes import get_mode, mode_names, register_mode
 from lrs_vqa.engine.hooks import VisionHook
 from lrs_vqa.engine.tokens import TokenMeta, VisionSegment
 from lrs_vqa.models.base import ModelAdapter
+from lrs_vqa.options import C2FError, C2FOptions
 from pyramid.dip import DynamicImagePyramid, Tile, TileKey
 from pyramid.levels import PixelBox
 from rfm.base import RegionScorer, TokenScores
-
-
-class C2FError(ValueError):
-    """Bad coarse-to-fine settings; one-line message."""
-
-
-@dataclass(frozen=True)
-class C2FOptions:
-    mode: str = "default"
-    keep_ratio: float = 0.25  # the final prune keeps at most this share of the last level's tokens
-    focus_mass: float = 0.6  # focus tokens hold this share of the level's score mass
-    max_tiles_per_level: int = 16
-    min_focus_share: float = 0.5  # a capped zoom needs this share of the view's score mass ...
-    min_lift: float = 2.0  # ... at least this many times denser than the view's average
-    budget_tokens: int = 4096  # vision tokens into the LLM, thumbnail and newline markers included
-    keep_coarse: bool = False  # also keep the coarse level's focus tokens as context
-
-    def __post_init__(self) -> None:
-        if self.mode not in mode_names():
-            raise C2FError(f"unknown mode {self.mode!r}; choose one of {', '.join(mode_names())}")
-        if not 0 < self.keep_ratio <= 1:
-            raise C2FError(f"keep ratio must be in (0, 1], got {self.keep_ratio}")
-        if not 0 < self.focus_mass <= 1:
-            raise C2FError(f"focus mass must be in (0, 1], got {self.focus_mass}")
-        if self.max_tiles_per_level < 1:
-            raise C2FError(f"max tiles per level must be at least 1, got {self.max_tiles_per_level}")
-        if not 0 <= self.min_focus_share <= 1 or self.min_lift < 0:
-            raise C2FError("min focus share must be in [0, 1] and min lift non-negative")
-        if self.budget_tokens < 1:
-            raise C2FError(f"token budget must be at least 1, got {self.budget_tokens}")
 
 
 @dataclass(frozen=True)
@@ -199,7 +170,7 @@ def make_loop(
     return mode.loop(adapter, scorer, options, vision_hooks, pruner_hooks)
 
 
-@register_mode("default", "multi-level, capped")
+@register_mode("default")
 class CoarseToFine:
     """The default mode's loop, for one question over one pyramid with one adapter and one scorer."""
 

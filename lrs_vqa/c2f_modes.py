@@ -1,9 +1,10 @@
-"""The one registry of coarse-to-fine modes (``--mode``): a name, a line of help, and the loop class.
+"""The one registry of coarse-to-fine modes (``--mode``): name → the module with its loop, and a line of help.
 
-A mode is one module whose loop class is decorated with ``@register_mode(name, help)`` and takes
-``(adapter, scorer, options, vision_hooks, pruner_hooks)``; its module name goes in ``_BUILTIN_MODULES``.
+A mode is one module whose loop class is decorated with ``@register_mode(name)`` and takes
+``(adapter, scorer, options, vision_hooks, pruner_hooks)``, plus its line in ``BUILTIN``.
 ``lrs_vqa.c2f.make_loop`` picks the loop for ``C2FOptions.mode``; the CLI's choices and help come from here.
-The registry imports the modes by name on first lookup, so it depends on none of them.
+Names and help are read from ``BUILTIN`` without importing the modes (the CLI stays quick to start); a
+mode's module is imported when it is first run.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-# Imported on first lookup, in this order; each registers itself.
-_BUILTIN_MODULES = ("lrs_vqa.c2f", "lrs_vqa.c2f_paper")
+# name -> (module that registers it, help)
+BUILTIN: dict[str, tuple[str, str]] = {
+    "default": ("lrs_vqa.c2f", "multi-level, capped"),
+    "paper": ("lrs_vqa.c2f_paper", "the released one-hop loop"),
+}
 
 
 @dataclass(frozen=True)
@@ -29,32 +33,29 @@ MODES: dict[str, ModeInfo] = {}
 L = TypeVar("L", bound=type[Any])
 
 
-def register_mode(name: str, help: str) -> Callable[[L], L]:
+def register_mode(name: str, help: str | None = None) -> Callable[[L], L]:
+    """Class decorator; ``help`` only for a mode that is not in ``BUILTIN``."""
+
     def deco(cls: L) -> L:
         if name in MODES and MODES[name].loop is not cls:
             raise KeyError(f"c2f mode {name!r} is already registered")
-        MODES[name] = ModeInfo(name, help, cls)
+        MODES[name] = ModeInfo(name, help or BUILTIN[name][1], cls)
         return cls
 
     return deco
 
 
-def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-
-
 def mode_names() -> tuple[str, ...]:
-    _load_builtins()
-    return tuple(MODES)
+    return tuple(dict.fromkeys([*BUILTIN, *MODES]))
 
 
 def get_mode(name: str) -> ModeInfo | None:
-    _load_builtins()
+    if name not in MODES and name in BUILTIN:
+        importlib.import_module(BUILTIN[name][0])
     return MODES.get(name)
 
 
 def describe_modes() -> str:
     """``default (…) | paper (…)``: the --mode help."""
-    _load_builtins()
-    return " | ".join(f"{m.name} ({m.help})" for m in MODES.values())
+    helps = {**{n: h for n, (_, h) in BUILTIN.items()}, **{n: m.help for n, m in MODES.items()}}
+    return " | ".join(f"{n} ({h})" for n, h in helps.items())

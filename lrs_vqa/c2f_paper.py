@@ -233,7 +233,7 @@ def complete_newlines(segment: VisionSegment, token_rows: torch.Tensor, rows: in
     return _select(segment, torch.tensor(order))
 
 
-@register_mode("paper", "the released one-hop loop")
+@register_mode("paper")
 class PaperLoop:
     """The released one-hop loop over one pyramid with one adapter and one scorer; returns the same result
     type as :class:`lrs_vqa.c2f.CoarseToFine`. Of the options it uses ``keep_ratio`` only; a token pruner's

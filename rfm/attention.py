@@ -56,6 +56,6 @@ class AttentionScorer:
         )
 
 
-@register_scorer("attention", "any model")
+@register_scorer("attention")
 def _attention(adapter: ModelAdapter, layers: int | None) -> AttentionScorer:
     return AttentionScorer(layers)

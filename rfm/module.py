@@ -48,7 +48,7 @@ class RFMScorer:
         )
 
 
-@register_scorer("rfm", "trained RFM")
+@register_scorer("rfm")
 def _trained(adapter: ModelAdapter, layers: int | None) -> RFMScorer:
     module = getattr(adapter, "region_focus_module", None)  # only checkpoints with trained RFM weights
     if module is None:

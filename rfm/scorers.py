@@ -1,6 +1,10 @@
-"""The one registry of region scorers (``--scorer``): a name, a line of help, and how to build one for a
-loaded model. A new scorer is one module with ``@register_scorer(...)`` on its builder plus its module name
-in ``_BUILTIN_MODULES``; the CLI's choices and help and the web demo's radio buttons come from here."""
+"""The one registry of region scorers (``--scorer``): name → the module that builds it, and a line of help.
+
+A scorer is one module with ``@register_scorer(name)`` on its builder ``(adapter, layers) -> scorer``, plus
+its line in ``BUILTIN``; the CLI's choices and help and the web demo's radio buttons come from here. Names
+and help are read from ``BUILTIN`` without importing the scorers (the CLI stays quick to start); a scorer's
+module is imported when it is first built.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,12 @@ if TYPE_CHECKING:
 
 # (adapter, LLM layers to run or None for the scorer's default) -> scorer
 ScorerBuilder = Callable[["ModelAdapter", "int | None"], "RegionScorer"]
+
+# name -> (module that registers it, help), in the order the CLI lists them
+BUILTIN: dict[str, tuple[str, str]] = {
+    "attention": ("rfm.attention", "any model"),
+    "rfm": ("rfm.module", "trained RFM"),
+}
 
 
 class UnknownScorerError(ValueError):
@@ -34,34 +44,28 @@ class ScorerInfo:
 
 SCORERS: dict[str, ScorerInfo] = {}
 
-# Imported on first lookup, in this order (the CLI lists them so); each registers itself.
-_BUILTIN_MODULES = ("rfm.attention", "rfm.module")
 
+def register_scorer(name: str, help: str | None = None) -> Callable[[ScorerBuilder], ScorerBuilder]:
+    """Decorator on a builder; ``help`` only for a scorer that is not in ``BUILTIN``."""
 
-def register_scorer(name: str, help: str) -> Callable[[ScorerBuilder], ScorerBuilder]:
     def deco(build: ScorerBuilder) -> ScorerBuilder:
         if name in SCORERS and SCORERS[name].build is not build:
             raise KeyError(f"scorer {name!r} is already registered")
-        SCORERS[name] = ScorerInfo(name, help, build)
+        SCORERS[name] = ScorerInfo(name, help or BUILTIN[name][1], build)
         return build
 
     return deco
 
 
-def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-
-
 def scorer_names() -> tuple[str, ...]:
-    _load_builtins()
-    return tuple(SCORERS)
+    return tuple(dict.fromkeys([*BUILTIN, *SCORERS]))
 
 
 def get_scorer(name: str) -> ScorerInfo:
-    _load_builtins()
+    if name not in SCORERS and name in BUILTIN:
+        importlib.import_module(BUILTIN[name][0])
     if name not in SCORERS:
-        raise UnknownScorerError(f"unknown scorer {name!r}; choose one of {', '.join(SCORERS)}")
+        raise UnknownScorerError(f"unknown scorer {name!r}; choose one of {', '.join(scorer_names())}")
     return SCORERS[name]
 
 
@@ -72,5 +76,5 @@ def build_scorer(name: str, adapter: ModelAdapter, layers: int | None = None) ->
 
 def describe_scorers() -> str:
     """``attention (…) | rfm (…)``: the --scorer help."""
-    _load_builtins()
-    return " | ".join(f"{s.name} ({s.help})" for s in SCORERS.values())
+    helps = {**{n: h for n, (_, h) in BUILTIN.items()}, **{n: s.help for n, s in SCORERS.items()}}
+    return " | ".join(f"{n} ({h})" for n, h in helps.items())

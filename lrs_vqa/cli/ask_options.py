@@ -13,9 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from lrs_vqa.c2f import C2FOptions
 from lrs_vqa.c2f_modes import describe_modes
-from lrs_vqa.options import DEFAULT_MODEL, AskOptions
+from lrs_vqa.options import DEFAULT_MODEL, AskOptions, C2FOptions
 from lrs_vqa.strategies import describe_strategies
 from rfm.scorers import describe_scorers
 

@@ -1,9 +1,10 @@
 """The one registry of answering strategies (``--strategy``): what the LLM is shown of the image.
 
 A strategy is one module in this package with a ``gather(request) -> Gathered`` function decorated with
-``@register_strategy(...)``, and its module name in ``_BUILTIN_MODULES`` (the order the CLI lists them).
+``@register_strategy(name, ...)``, plus its line in ``BUILTIN`` (the order the CLI lists them).
 ``lrs_vqa.answer`` runs the chosen one; the CLI's choices and help and the web demo's radio buttons come from
-here. The registry imports the strategies by name on first lookup, so it depends on none of them.
+here. Names are read from ``BUILTIN`` without importing the strategies (the CLI stays quick to start); a
+strategy's module is imported when it is first looked up.
 """
 
 from __future__ import annotations
@@ -11,20 +12,23 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from lrs_vqa.c2f import C2FResult
-from lrs_vqa.engine.hooks import VisionHook
-from lrs_vqa.engine.tokens import VisionSegment
-from lrs_vqa.models.base import EncodedPrompt, ModelAdapter
-from lrs_vqa.options import AskOptions
-from pyramid.dip import DynamicImagePyramid, Tile
+if TYPE_CHECKING:
+    from lrs_vqa.c2f import C2FResult
+    from lrs_vqa.engine.hooks import VisionHook
+    from lrs_vqa.engine.tokens import VisionSegment
+    from lrs_vqa.models.base import EncodedPrompt, ModelAdapter
+    from lrs_vqa.options import AskOptions
+    from pyramid.dip import DynamicImagePyramid, Tile
 
-_BUILTIN_MODULES = (
-    "lrs_vqa.strategies.c2f",
-    "lrs_vqa.strategies.global_view",
-    "lrs_vqa.strategies.anyres",
-    "lrs_vqa.strategies.tiles_all",
-)
+# name -> (module that registers it, help), in the order the CLI lists them
+BUILTIN: dict[str, tuple[str, str]] = {
+    "c2f": ("lrs_vqa.strategies.c2f", "coarse to fine"),
+    "global": ("lrs_vqa.strategies.global_view", "the global thumbnail only"),
+    "anyres": ("lrs_vqa.strategies.anyres", "the model's own grid on the coarse view"),
+    "tiles-all": ("lrs_vqa.strategies.tiles_all", "every tile of one level"),
+}
 
 
 class StrategyError(ValueError):
@@ -55,7 +59,7 @@ class Gathered:
     c2f: C2FResult | None = None
 
 
-Gather = Callable[[StrategyRequest], Gathered]
+Gather = Callable[["StrategyRequest"], "Gathered"]
 
 
 @dataclass(frozen=True)
@@ -72,31 +76,34 @@ STRATEGIES: dict[str, StrategyInfo] = {}
 
 
 def register_strategy(
-    name: str, help: str, *, coarse_to_fine: bool = False, own_processing: bool = False, in_app: bool = True
+    name: str,
+    help: str | None = None,
+    *,
+    coarse_to_fine: bool = False,
+    own_processing: bool = False,
+    in_app: bool = True,
 ) -> Callable[[Gather], Gather]:
+    """Decorator on ``gather``; ``help`` only for a strategy that is not in ``BUILTIN``."""
+
     def deco(gather: Gather) -> Gather:
         if name in STRATEGIES and STRATEGIES[name].gather is not gather:
             raise KeyError(f"strategy {name!r} is already registered")
-        STRATEGIES[name] = StrategyInfo(name, help, gather, coarse_to_fine, own_processing, in_app)
+        info = StrategyInfo(name, help or BUILTIN[name][1], gather, coarse_to_fine, own_processing, in_app)
+        STRATEGIES[name] = info
         return gather
 
     return deco
 
 
-def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-
-
 def strategy_names() -> tuple[str, ...]:
-    _load_builtins()
-    return tuple(STRATEGIES)
+    return tuple(dict.fromkeys([*BUILTIN, *STRATEGIES]))
 
 
 def get_strategy(name: str) -> StrategyInfo:
-    _load_builtins()
+    if name not in STRATEGIES and name in BUILTIN:
+        importlib.import_module(BUILTIN[name][0])
     if name not in STRATEGIES:
-        raise StrategyError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+        raise StrategyError(f"unknown strategy {name!r}; choose one of {', '.join(strategy_names())}")
     return STRATEGIES[name]
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 from lrs_vqa.strategies import Gathered, StrategyRequest, register_strategy
 
 
-@register_strategy("anyres", "the model's own grid on the coarse view", own_processing=True)
+@register_strategy("anyres", own_processing=True)
 def gather(req: StrategyRequest) -> Gathered:
     req.dip.thumbnail()  # read, unused: the records count it (tiles_read), as they always have
     coarse = req.dip.level_image(0)

@@ -20,7 +20,7 @@ from rfm.base import RegionScorer
 from rfm.scorers import ScorerUnavailableError, UnknownScorerError, build_scorer
 
 
-@register_strategy("c2f", "coarse to fine", coarse_to_fine=True)
+@register_strategy("c2f", coarse_to_fine=True)
 def gather(req: StrategyRequest) -> Gathered:
     scorer = region_scorer(req.adapter, req.options)
     pruner_hooks = () if req.split_views else req.pruner_hooks

@@ -5,7 +5,7 @@ from __future__ import annotations
 from lrs_vqa.strategies import Gathered, StrategyRequest, register_strategy
 
 
-@register_strategy("global", "the global thumbnail only")
+@register_strategy("global")
 def gather(req: StrategyRequest) -> Gathered:
     thumb = req.dip.thumbnail()
     hooks = (*req.vision_hooks, *(req.pruner_hooks or ()))

@@ -6,7 +6,7 @@ from lrs_vqa.c2f import shift_tiles
 from lrs_vqa.strategies import Gathered, StrategyError, StrategyRequest, register_strategy
 
 
-@register_strategy("tiles-all", "every tile of one level", in_app=False)
+@register_strategy("tiles-all", in_app=False)
 def gather(req: StrategyRequest) -> Gathered:
     dip, options, adapter = req.dip, req.options, req.adapter
     hooks = (*req.vision_hooks, *(req.pruner_hooks or ()))

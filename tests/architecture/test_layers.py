@@ -4,6 +4,8 @@ exactly one of its layers, so a new module cannot escape the contract by being l
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -50,3 +52,10 @@ def test_every_module_sits_in_exactly_one_layer():
     assert not unplaced, (
         f"place these modules in one layer of [tool.importlinter] in pyproject.toml: {unplaced}"
     )
+
+
+def test_the_cli_starts_without_torch():
+    """The registries give the CLI its choices and help from tables, so a light command stays light."""
+    code = "import sys, lrs_vqa.cli.base; from lrs_vqa.cli import app; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False", out.stderr
