@@ -6,17 +6,20 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lrs_vqa.c2f import C2FOptions
-from lrs_vqa.options import DEFAULT_MODEL, AskOptions
+from lrs_vqa.options import DEFAULT_MODEL, AskOptions, C2FOptions
 from lrs_vqa.strategies import get_strategy, strategy_names
 from rfm.scorers import scorer_names
 
 UPLOAD_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-# From the registries; tiles-all has in_app=False (it stays on the command line: it can be huge).
-APP_STRATEGIES = tuple(s for s in strategy_names() if get_strategy(s).in_app)
 APP_SCORERS = scorer_names()
 NO_PRUNER = "none"
 _ASK, _C2F = AskOptions(), C2FOptions()
+
+
+def app_strategies() -> tuple[str, ...]:
+    """From the registry; tiles-all has in_app=False (it stays on the command line: it can be huge). A
+    function, not a constant: looking the flags up imports the strategies, and the CLI imports this module."""
+    return tuple(s for s in strategy_names() if get_strategy(s).in_app)
 
 
 def default_cache_dir() -> Path:

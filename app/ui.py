@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.config import APP_SCORERS, APP_STRATEGIES, NO_PRUNER, RunSettings, ServeConfig
+from app.config import APP_SCORERS, NO_PRUNER, RunSettings, ServeConfig, app_strategies
 from app.examples import EXAMPLES, ensure_examples
 from app.inputs import InputError, resolve_input
 from app.progress import Done, Failed, StageEvent, run_in_thread
@@ -244,7 +244,7 @@ def build_demo(config: ServeConfig) -> gr.Blocks:
                         choices=list(config.models), value=config.models[0], label="Model", elem_id="model"
                     )
                     defaults = RunSettings(model=config.models[0])
-                    strategy = gr.Radio(list(APP_STRATEGIES), value=defaults.strategy, label="Strategy")
+                    strategy = gr.Radio(list(app_strategies()), value=defaults.strategy, label="Strategy")
                     scorer = gr.Radio(list(APP_SCORERS), value=defaults.scorer, label="Scorer (c2f)")
                     keep_ratio = gr.Slider(
                         0.01, 1.0, value=defaults.keep_ratio, step=0.01, label="Keep ratio"
