@@ -16,26 +16,19 @@ from pyramid.errors import RasterInputError
 __all__ = ["app", "main"]
 
 
-def _engine_errors() -> tuple[type[Exception], ...]:
-    """Engine errors a user causes (bad model, bad strategy settings); imported only when needed."""
-    import sys as _sys
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors a user causes (bad input, model, strategy settings, pruner): one line and exit code 2."""
+    from lrs_vqa.eval_errors import EvalError
+    from lrs_vqa.models.errors import ModelLoadError, UnsupportedModelError
+    from lrs_vqa.options import C2FError
+    from lrs_vqa.strategies import StrategyError
 
-    own: tuple[type[Exception], ...] = ()
-    if "lrs_vqa.eval_errors" in _sys.modules:  # score / eval / merge / batch
-        from lrs_vqa.eval_errors import EvalError
-
-        own = (EvalError,)
-    if "pruning.errors" in _sys.modules:  # a bad pruner name, option or budget
+    own = (EvalError, StrategyError, C2FError, UnsupportedModelError, ModelLoadError)
+    if "pruning.errors" in sys.modules:  # only loaded with a pruner (it brings torch)
         from pruning.errors import PruningError
 
         own = (*own, PruningError)
-    if "lrs_vqa.answer" not in _sys.modules:
-        return own
-    from lrs_vqa.answer import StrategyError
-    from lrs_vqa.c2f import C2FError
-    from lrs_vqa.models.errors import ModelLoadError, UnsupportedModelError
-
-    return (StrategyError, C2FError, UnsupportedModelError, ModelLoadError, *own)
+    return own
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="lrs-vqa")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except (RasterInputError, UsageError, FileExistsError, *_engine_errors()) as exc:
+    except (RasterInputError, UsageError, FileExistsError, *_user_errors()) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         return EXIT_BAD_INPUT
     return 0

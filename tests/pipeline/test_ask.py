@@ -206,3 +206,11 @@ def test_cli_defaults_are_the_options_dataclasses():
         "cpu",
         "float32",
     )
+
+
+def test_bad_c2f_settings_are_one_line_errors(scene: Path, capsys) -> None:
+    """Rejected while the CLI builds the options, before any model is loaded: still exit code 2."""
+    for bad in (["--mode", "bogus"], ["--keep-ratio", "7"]):
+        assert main(["ask", str(scene), "q?", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
