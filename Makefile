@@ -10,14 +10,14 @@ system-deps:
 demo: setup
 	scripts/demo.sh
 
-test: setup system-deps
-	.venv/bin/ruff check .
-	.venv/bin/ruff format --check .
+test: setup system-deps lint
 	.venv/bin/python -m pytest
 
+# ruff, and the import contract of the layers (pyproject.toml [tool.importlinter]; README "Architecture").
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports --no-cache
 
 format: setup
 	.venv/bin/ruff format .

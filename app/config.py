@@ -6,14 +6,20 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lrs_vqa.answer import DEFAULT_MODEL, AskOptions
-from lrs_vqa.c2f import C2FOptions
+from lrs_vqa.options import DEFAULT_MODEL, AskOptions, C2FOptions
+from lrs_vqa.strategies import get_strategy, strategy_names
+from rfm.scorers import scorer_names
 
 UPLOAD_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-APP_STRATEGIES = ("c2f", "anyres", "global")  # tiles-all stays on the command line (it can be huge)
-APP_SCORERS = ("attention", "rfm")
+APP_SCORERS = scorer_names()
 NO_PRUNER = "none"
-_C2F = C2FOptions()
+_ASK, _C2F = AskOptions(), C2FOptions()
+
+
+def app_strategies() -> tuple[str, ...]:
+    """From the registry; tiles-all has in_app=False (it stays on the command line: it can be huge). A
+    function, not a constant: looking the flags up imports the strategies, and the CLI imports this module."""
+    return tuple(s for s in strategy_names() if get_strategy(s).in_app)
 
 
 def default_cache_dir() -> Path:
@@ -46,15 +52,15 @@ class ServeConfig:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """One question's settings, with the ``lrs-vqa ask`` defaults."""
+    """One question's settings, with the ``lrs-vqa ask`` defaults (read from the options dataclasses)."""
 
     model: str
-    strategy: str = "c2f"
-    scorer: str = "attention"
+    strategy: str = _ASK.strategy
+    scorer: str = _ASK.scorer
     keep_ratio: float = _C2F.keep_ratio
     max_tiles_per_level: int = _C2F.max_tiles_per_level
     budget_tokens: int = _C2F.budget_tokens
-    max_new_tokens: int = 32
+    max_new_tokens: int = _ASK.max_new_tokens
     pruner: str | None = (
         None  # a registered token pruner spec ("fastv", "visionzip+fastv"); None: the loop's own
     )

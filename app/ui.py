@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.config import APP_SCORERS, APP_STRATEGIES, NO_PRUNER, RunSettings, ServeConfig
+from app.config import APP_SCORERS, NO_PRUNER, RunSettings, ServeConfig, app_strategies
 from app.examples import EXAMPLES, ensure_examples
 from app.inputs import InputError, resolve_input
 from app.progress import Done, Failed, StageEvent, run_in_thread
@@ -32,8 +32,7 @@ from app.render import (
 from lrs_vqa.answer import StrategyError, answer, get_adapter, pyramid_spec_for
 from lrs_vqa.c2f import C2FError
 from lrs_vqa.evidence import write_evidence
-from lrs_vqa.models.base import UnsupportedModelError
-from lrs_vqa.models.registry import ModelLoadError
+from lrs_vqa.models.errors import ModelLoadError, UnsupportedModelError
 from pruning.errors import PruningError
 from pruning.registry import known_pruners
 from pyramid.dip import DynamicImagePyramid, PyramidOptions
@@ -244,9 +243,9 @@ def build_demo(config: ServeConfig) -> gr.Blocks:
                     model = gr.Dropdown(
                         choices=list(config.models), value=config.models[0], label="Model", elem_id="model"
                     )
-                    strategy = gr.Radio(list(APP_STRATEGIES), value="c2f", label="Strategy")
-                    scorer = gr.Radio(list(APP_SCORERS), value="attention", label="Scorer (c2f)")
                     defaults = RunSettings(model=config.models[0])
+                    strategy = gr.Radio(list(app_strategies()), value=defaults.strategy, label="Strategy")
+                    scorer = gr.Radio(list(APP_SCORERS), value=defaults.scorer, label="Scorer (c2f)")
                     keep_ratio = gr.Slider(
                         0.01, 1.0, value=defaults.keep_ratio, step=0.01, label="Keep ratio"
                     )

@@ -46,18 +46,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "bench"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
 
 import torch  # noqa: E402
-from engine_bench import (  # noqa: E402
+from _common import (  # noqa: E402
     CHECKPOINT_NAME,
     NOISY_CORES,
     SHAPES,
     CpuMeter,
     build_checkpoint,
     find_or_make_scene,
+    git_state,
     machine,
     peak_rss_mb,
     reset_peak_rss,
@@ -66,13 +64,14 @@ from engine_bench import (  # noqa: E402
     write_results_section,
 )
 
-import lrs_vqa.answer as answer_module  # noqa: E402
 from lrs_vqa.answer import AskOptions, answer  # noqa: E402
 from lrs_vqa.c2f import C2FOptions  # noqa: E402
 from lrs_vqa.engine.flops import flops_report  # noqa: E402
 from pyramid.dip import PyramidOptions  # noqa: E402
 from pyramid.levels import PixelBox  # noqa: E402
+from rfm.attention import AttentionScorer  # noqa: E402
 from rfm.base import RegionScorer, TokenScores  # noqa: E402
+from rfm.scorers import register_scorer  # noqa: E402
 
 QUESTION = "what color is the ship near the harbor ?"
 TARGET_RATIO = 6.0  # the target: at least 6x fewer TFLOPs than anyres
@@ -200,20 +199,21 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
         answer(cfg["scene"], cfg["question"], model=adapter, options=AskOptions("global", max_new_tokens=1))
         out["warmup_seconds"] = round(time.perf_counter() - t1, 1)
 
-    # What the loop asks for is timed; "rfm" is the adapter's attached scorer, as answer() looks it up.
+    # What the loop asks for is timed: the bench registers one scorer (rfm.scorers) that wraps the
+    # configuration's scorer in the timer; "rfm" is an RFM initialised from the host (no trained weights).
     timer = TimedScorer()
     if scorer == "rfm":
-        adapter.region_scorer, out["rfm"] = build_rfm_scorer(adapter)
+        inner, out["rfm"] = build_rfm_scorer(adapter)
     elif scorer == "planted":
-        region = PixelBox(*cfg["planted"]["box"])
-        adapter.region_scorer = PlantedOverScorer(answer_module.AttentionScorer(None), region)
-    original = answer_module.region_scorer
+        inner = PlantedOverScorer(AttentionScorer(None), PixelBox(*cfg["planted"]["box"]))
+    else:
+        inner = AttentionScorer(None)
 
-    def timed_region_scorer(adapter_: Any, options: AskOptions) -> RegionScorer:
-        timer.inner = original(adapter_, options)
+    @register_scorer("bench-timed", "the benchmark's timed scorer")
+    def _timed(adapter_: Any, layers: int | None) -> RegionScorer:
+        timer.inner = inner
         return timer
 
-    answer_module.region_scorer = timed_region_scorer
     encode = {"seconds": 0.0}
     for meth in ("encode_tiles", "stock_prompt"):  # the encoder's share of read_and_encode
         bound = getattr(adapter, meth)
@@ -237,7 +237,7 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
         max_new_tokens=1,
         pyramid=pyramid,
         c2f=c2f,
-        scorer="attention" if scorer == "attention" else "rfm",
+        scorer="bench-timed",
     )
     gc.collect()
     out["rss_before_mb"] = round(rss_mb(), 1)
@@ -470,11 +470,6 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def git(*args: str) -> str:
-    res = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
-    return res.stdout.strip()
-
-
 # ---------------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------------
@@ -515,11 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir.resolve()
     (out_dir / "c2f").mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / CHECKPOINT_NAME
-    dirty = git("status", "--porcelain", "--", "lrs_vqa", "rfm", "pyramid")
+    state = git_state("lrs_vqa", "rfm", "pyramid")
+    dirty = state["dirty"]
     res: dict[str, Any] = {
         "command": " ".join([".venv/bin/python", "bench/c2f_bench.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "commit": git("rev-parse", "HEAD"),
+        "commit": state["commit"],
         "dirty": (
             " with uncommitted edits in " + ", ".join(sorted({ln[3:] for ln in dirty.splitlines()}))
             if dirty

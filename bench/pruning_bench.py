@@ -35,12 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "bench"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
 
 import torch  # noqa: E402
-from engine_bench import (  # noqa: E402
+from _common import (  # noqa: E402
     CHECKPOINT_NAME,
     TEXT,
     build_checkpoint,
@@ -49,12 +46,14 @@ from engine_bench import (  # noqa: E402
     write_results_section,
 )
 
-from lrs_vqa.answer import pyramid_spec_for, split_budget  # noqa: E402
+from lrs_vqa.answer import pyramid_spec_for  # noqa: E402
 from lrs_vqa.c2f import C2FOptions, CoarseToFine  # noqa: E402
 from lrs_vqa.engine.decoder import LayerView, Selection  # noqa: E402
 from lrs_vqa.engine.flops import flops_report  # noqa: E402
-from lrs_vqa.models.base import ModelAdapter, VisionSegment  # noqa: E402
+from lrs_vqa.engine.tokens import VisionSegment  # noqa: E402
+from lrs_vqa.models.base import ModelAdapter  # noqa: E402
 from lrs_vqa.models.registry import load_adapter  # noqa: E402
+from lrs_vqa.strategies.c2f import split_budget  # noqa: E402
 from pruning.errors import PruningError  # noqa: E402
 from pruning.registry import get_pruner, known_pruners  # noqa: E402
 from pyramid.dip import THUMBNAIL, DynamicImagePyramid, PyramidOptions, Tile  # noqa: E402

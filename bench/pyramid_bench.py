@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import git_state
+
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ("cog", "striped", "png")
 OPS = ("coarse", "tiles64", "level4", "coarse+tiles64")
@@ -777,16 +779,10 @@ def targets(m: dict[str, Any], rates: dict[int, float]) -> list[str]:
 
 def _git_state() -> str:
     """HEAD of the checkout, and whether ``pyramid/`` has uncommitted edits (the code measured)."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "pyramid"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+    state = git_state("pyramid")
+    if not state["commit"]:
         return "unknown commit"
-    return f"commit {head}" + (" + uncommitted edits in pyramid/" if dirty else "")
+    return f"commit {state['commit'][:7]}" + (" + uncommitted edits in pyramid/" if state["dirty"] else "")
 
 
 def main(argv: list[str] | None = None) -> None:

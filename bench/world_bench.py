@@ -32,24 +32,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+from _common import ROOT, git_state, machine, write_results_section
 
-ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "bench"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from engine_bench import write_results_section  # noqa: E402
-
-from lrs_vqa.answer import AskOptions, answer  # noqa: E402
-from lrs_vqa.c2f import C2FOptions  # noqa: E402
-from lrs_vqa.models.registry import load_adapter  # noqa: E402
-from lrs_vqa.scoring import SynonymRule  # noqa: E402
-from lrs_vqa.wordnet import load_wordnet  # noqa: E402
-from lrs_vqa.world.bench_writer import QUESTIONS_FILE, write_world_bench  # noqa: E402
-from pyramid.pool import PyramidPool  # noqa: E402
-from pyramid.world import CATEGORIES, COLORS  # noqa: E402
+from lrs_vqa.answer import AskOptions, answer
+from lrs_vqa.c2f import C2FOptions
+from lrs_vqa.models.registry import load_adapter
+from lrs_vqa.scoring import SynonymRule
+from lrs_vqa.wordnet import load_wordnet
+from lrs_vqa.world.bench_writer import QUESTIONS_FILE, write_world_bench
+from pyramid.pool import PyramidPool
+from pyramid.world import CATEGORIES, COLORS
 
 CONFIGS = ("global", "anyres", "tiles-all-144", "c2f/attention", "oracle")
 CHANCE = {  # uniform guessing over the answers a category has
@@ -184,7 +176,8 @@ def report(results: dict[str, Any], bench: Path, model: str, args: argparse.Name
         "## World benchmark",
         "",
         f"Hold-out benchmark `{bench.name}`: {any_s['n']} questions "
-        f"(`lrs-vqa world-bench {args.bench_args}`), model `{model}`, CPU ({os.cpu_count()} cores), fp32, "
+        f"(`lrs-vqa world-bench {args.bench_args}`), model `{model}`, {machine()['cpu']} "
+        f"({os.cpu_count()} cores), fp32, commit {git_state().get('commit', '?')[:12]}, "
         "one question at a time. Accuracy is the official LRS-VQA rule (exact or WordNet synonym); chance is "
         "uniform guessing over each category's answers. "
         "'target read at native' is the share of questions with a target object whose native-resolution tile "
@@ -221,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="6 scenes of 4096², 60 questions")
     ap.add_argument("--write-results", action="store_true", help="write the table into bench/RESULTS.md")
     args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a benchmark never downloads; before transformers loads
     if args.quick:
         args.bench, args.scenes, args.sizes, args.limit = (
             ROOT / "bench" / "out" / "world-quick",

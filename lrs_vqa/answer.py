@@ -1,15 +1,8 @@
 """``answer()``: one question about one image, end to end. The CLI, the app and the benchmark call it.
 
-Strategies (the baselines every comparison needs; the coarse-to-fine loop plugs in beside them):
-
-* ``global``    — the global thumbnail only (one tile, long side = the encoder's input size);
-* ``anyres``    — the model's own fixed-grid processing of the coarse level (long side ~3 tiles), like the
-                  paper's anyres-pX baselines: whatever the checkpoint's processor does with that image;
-* ``tiles-all`` — the thumbnail plus every tile of one pyramid level, refused above ``max_vision_tokens``;
-* ``region``    — the thumbnail plus the native tiles over given level-0 boxes (``AskOptions.region``): ask
-                  about a known place at full resolution; with the ground-truth box, a benchmark's oracle;
-* ``c2f``       — the coarse-to-fine loop (``lrs_vqa.c2f``): zoom level by level into the tiles a region
-                  scorer points at, read only those, prune, answer. The default.
+It opens the pyramid, attaches a token pruner if one is asked for, lets the chosen strategy
+(``lrs_vqa.strategies``: ``c2f``, ``global``, ``anyres``, ``tiles-all``) gather the vision tokens, runs the
+decoder, and reports what was read and what it cost.
 """
 
 from __future__ import annotations
@@ -19,55 +12,28 @@ import functools
 import resource
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from PIL import Image
 
-from lrs_vqa.c2f import C2FOptions, C2FResult, CoarseToFine, shift_tiles
 from lrs_vqa.engine.decoder import LayerHook
 from lrs_vqa.engine.flops import flops_report
 from lrs_vqa.engine.hooks import VisionHook
 from lrs_vqa.heatmap import render_heatmap, write_heatmap
-from lrs_vqa.models.base import EncodedPrompt, ModelAdapter, VisionSegment
+from lrs_vqa.models.base import ModelAdapter, pyramid_spec_for
+from lrs_vqa.options import DEFAULT_MODEL, AskOptions
 from lrs_vqa.records import AnswerRecord, RunStats, TileRecord
-from pyramid.dip import DynamicImagePyramid, PyramidOptions, Tile
-from pyramid.levels import PyramidSpec
+from lrs_vqa.strategies import Gathered, StrategyError, StrategyRequest, get_strategy, strategy_names
+from pyramid.dip import DynamicImagePyramid
 from pyramid.pool import PyramidPool
 
 if TYPE_CHECKING:
     from pruning.base import Attachment
-from rfm.attention import AttentionScorer
-from rfm.base import RegionScorer
 
-DEFAULT_MODEL = "world"  # the shipped synthetic-world model; pass a hub id or folder for real imagery
-STRATEGIES = ("c2f", "global", "anyres", "tiles-all", "region")
-SCORERS = ("attention", "rfm")
-
-
-class StrategyError(ValueError):
-    """A strategy cannot run with these settings (e.g. too many tokens); one-line message."""
-
-
-@dataclass(frozen=True)
-class AskOptions:
-    strategy: str = "c2f"
-    level: int | None = None  # tiles-all: pyramid level index (negative from native); default coarse
-    max_tiles: int | None = None  # tiles-all: the finest level with at most this many tiles (anyres-pN)
-    max_vision_tokens: int = 16384  # tiles-all and region refuse above this
-    region: tuple[tuple[int, int, int, int], ...] = ()  # region: level-0 x0, y0, x1, y1 boxes
-    max_new_tokens: int = 32
-    pyramid: PyramidOptions = field(default_factory=PyramidOptions)
-    c2f: C2FOptions = field(default_factory=C2FOptions)
-    scorer: str = "attention"  # c2f: "attention" (training-free, any model) | "rfm" (trained RFM weights)
-    scorer_layers: int | None = None  # attention scorer: LLM layers to run (None: a quarter of them)
-    # A registered token pruner (``pruning.registry``: "fastv", "visionzip+fastv", "fastv:layer=3") and its
-    # budget ("64" tokens into the LLM, "avg:128" over layers, "0.25" ratio; a chain takes "192+0.5"). With
-    # c2f it compresses the final tiles' tokens in place of the loop's own final prune.
-    pruner: str | None = None
-    budget: str | None = None
+# Re-exported: the names callers of answer() need with it.
+__all__ = ["DEFAULT_MODEL", "AskOptions", "StrategyError", "answer", "get_adapter", "pyramid_spec_for"]
 
 
 @functools.lru_cache(maxsize=2)
@@ -78,175 +44,15 @@ def get_adapter(source: str, device: str = "cpu", dtype: str = "float32") -> Mod
     return load_adapter(source, device=device, dtype=dtype)
 
 
-def pyramid_spec_for(adapter: ModelAdapter) -> PyramidSpec:
-    """Tiles at the encoder's input size, a coarse level of about 3×3 tiles, as the paper's DIP."""
-    t = adapter.tile_size
-    return PyramidSpec(tile_size=t, coarse_long_side=3 * t, thumbnail_size=t)
-
-
-@dataclass
-class _Gathered:
-    segments: list[VisionSegment]
-    tiles: list[Tile]
-    roles: list[str]
-    prompt: EncodedPrompt | None = None  # set by strategies that use the model's own processing
-    c2f: C2FResult | None = None
-
-
-def region_scorer(adapter: ModelAdapter, options: AskOptions) -> RegionScorer:
-    """The scorer the c2f loop asks: the trained RFM that came with the model, or the attention one."""
-    if options.scorer == "attention":
-        return AttentionScorer(options.scorer_layers)
-    if options.scorer == "rfm":
-        scorer = getattr(adapter, "region_scorer", None)
-        if scorer is None:
-            raise StrategyError(
-                f"{adapter.source} has no trained Region Focus Module; use --scorer attention "
-                "(or load an LRS-VQA checkpoint such as ll-13/llava-largeimg-Qwen2-7B)"
-            )
-        return scorer
-    raise StrategyError(f"unknown scorer {options.scorer!r}; choose one of {', '.join(SCORERS)}")
-
-
-def split_budget(budget: str, sizes: Sequence[int]) -> list[str]:
-    """One budget over several encoded groups (``sizes`` tokens each) → one budget per group: a token
-    count (or an average, the same thing before the LLM) is shared in proportion to the group sizes, at least
-    one token each; a ratio applies to every group."""
-    from pruning.budget import Budget, BudgetKind
-
-    parsed = Budget.parse(budget)
-    if parsed.kind is BudgetKind.RATIO:
-        return [budget] * len(sizes)
-    total, n = int(parsed.value), sum(sizes)
-    if total < len(sizes):
-        raise StrategyError(f"budget {budget} is below one token per view ({len(sizes)} views)")
-    if total > n:
-        raise StrategyError(f"budget {budget} is larger than the {n} vision tokens the views have")
-    shares = [max(1, round(total * k / n)) for k in sizes[:-1]]
-    return [str(v) for v in (*shares, total - sum(shares))]
-
-
-def _prune_views(
-    adapter: ModelAdapter, result: C2FResult, options: AskOptions, vision_hooks: Sequence[VisionHook]
-) -> None:
-    """Re-encode the thumbnail and the final tiles the loop picked, each with the pruner attached at its
-    share of the budget, so the vision tokens into the LLM total the budget."""
-    from pruning.registry import get_pruner
-
-    thumb_seg, final_seg = result.segments[0], result.segments[-1]
-    real = final_seg.meta.tile >= 0
-    tile_ids = sorted(set(final_seg.meta.tile[real].tolist()))
-    first = tile_ids[0]
-    tiles = result.tiles[first : tile_ids[-1] + 1]  # one level's tiles, contiguous in the loop's list
-    level = int(final_seg.meta.level[real][0])
-    sizes = [len(adapter.present_rows(thumb_seg)), int(real.sum())]
-    shares = split_budget(options.budget or "", sizes)
-    segments = []
-    for share, (group, lvl, newlines) in zip(
-        shares, (([result.tiles[0]], -1, False), (tiles, level, True)), strict=True
-    ):
-        with get_pruner(options.pruner or "").attach(adapter, share) as att:
-            hooks = (*vision_hooks, *att.vision_hooks)
-            segments.append(adapter.encode_tiles(group, newlines=newlines, level=lvl, hooks=hooks))
-            result.tokens_encoded += segments[-1].tokens_encoded
-            result.images_encoded += segments[-1].images_encoded
-    result.segments = [segments[0], *result.segments[1:-1], shift_tiles(segments[1], first)]
-
-
-def _gather(
-    adapter: ModelAdapter,
-    dip: DynamicImagePyramid,
-    question: str,
-    options: AskOptions,
-    vision_hooks: Sequence[VisionHook],
-    pruner_hooks: Sequence[VisionHook] | None = None,
-    split_views: bool = False,
-) -> _Gathered:
-    """``pruner_hooks``: a pruner's vision-side hooks (c2f applies them to the final level only; the
-    other strategies to every encoded group, like ``vision_hooks``). ``split_views``: c2f with a pruner that
-    works only before the LLM — its budget is shared between the thumbnail and the final tiles instead."""
-    if pruner_hooks and options.strategy != "c2f":
-        if options.strategy == "anyres":
-            raise StrategyError(
-                "anyres uses the model's own processing: vision-side pruners need c2f, global or tiles-all"
-            )
-        vision_hooks = (*vision_hooks, *pruner_hooks)
-    if options.strategy == "c2f":
-        scorer = region_scorer(adapter, options)
-        loop = CoarseToFine(adapter, scorer, options.c2f, vision_hooks, () if split_views else pruner_hooks)
-        result = loop.run(dip, question)
-        if split_views:
-            _prune_views(adapter, result, options, vision_hooks)
-        return _Gathered(result.segments, result.tiles, result.roles, c2f=result)
-    thumb = dip.thumbnail()
-    if options.strategy == "global":
-        seg = adapter.encode_tiles([thumb], newlines=False, level=-1, hooks=vision_hooks)
-        return _Gathered([seg], [thumb], ["thumbnail"])
-    if options.strategy == "anyres":
-        coarse = dip.level_image(0)
-        image = Image.fromarray(coarse.pixels)
-        prompt, _ = adapter.stock_prompt(image, question, image_box=coarse.box)
-        return _Gathered([], [coarse], ["overview"], prompt)
-    if options.strategy == "tiles-all":
-        index = 0 if options.level is None else options.level
-        if options.max_tiles is not None:  # the paper's anyres-pN baseline on our pyramid
-            if options.level is not None:
-                raise StrategyError("give either a level or a tile count (max tiles), not both")
-            fitting = [lvl.index for lvl in dip.levels if lvl.num_tiles <= options.max_tiles]
-            if not fitting:
-                raise StrategyError(f"even the coarse level has more than {options.max_tiles} tiles")
-            index = fitting[-1]
-        if not -len(dip.levels) <= index < len(dip.levels):
-            raise StrategyError(
-                f"level {index} does not exist; this image has levels 0..{len(dip.levels) - 1}"
-            )
-        level = dip.levels[index]
-        estimate = (level.num_tiles + 1) * adapter.tokens_per_tile
-        if estimate > options.max_vision_tokens:
-            raise StrategyError(
-                f"tiles-all at level {level.index} ({level.name}, {level.rows}x{level.cols} tiles) would "
-                f"feed "
-                f"~{estimate} vision tokens, above the limit of {options.max_vision_tokens}; "
-                "pick a coarser level or raise --max-vision-tokens"
-            )
-        tiles = list(dip.stream(dip.all_tiles(level.index)))
-        seg0 = adapter.encode_tiles([thumb], newlines=False, level=-1, hooks=vision_hooks)
-        seg1 = adapter.encode_tiles(tiles, newlines=True, level=level.index, hooks=vision_hooks)
-        return _Gathered(
-            [seg0, shift_tiles(seg1, 1)], [thumb, *tiles], ["thumbnail"] + ["level"] * len(tiles)
-        )
-    if options.strategy == "region":
-        return _gather_region(adapter, dip, options, vision_hooks)
-    raise StrategyError(f"unknown strategy {options.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-
-
-def _gather_region(
-    adapter: ModelAdapter, dip: DynamicImagePyramid, options: AskOptions, vision_hooks: Sequence[VisionHook]
-) -> _Gathered:
-    """The thumbnail plus every native tile over ``options.region`` (raster order)."""
-    from pyramid.levels import PixelBox
-
-    if not options.region:
+def _gather(req: StrategyRequest) -> Gathered:
+    strategy = get_strategy(req.options.strategy)
+    if req.pruner_hooks and strategy.own_processing:
+        usable = [s for s in strategy_names() if not get_strategy(s).own_processing]
         raise StrategyError(
-            "the region strategy needs at least one box (--box x0,y0,x1,y1 in level-0 pixels)"
+            f"{strategy.name} uses the model's own processing: vision-side pruners need "
+            f"{', '.join(usable[:-1])} or {usable[-1]}"
         )
-    native = dip.levels[-1]
-    keys = set()
-    for box in options.region:
-        x0, y0, x1, y1 = box
-        if not (x0 < x1 and y0 < y1):
-            raise StrategyError(f"box {list(box)} is empty; give x0,y0,x1,y1 with x0 < x1 and y0 < y1")
-        found = dip.tiles_covering(native.index, PixelBox(x0, y0, x1, y1))
-        if not found:
-            raise StrategyError(f"box {list(box)} lies outside the {native.width}x{native.height} image")
-        keys.update(found)
-    if (len(keys) + 1) * adapter.tokens_per_tile > options.max_vision_tokens:
-        raise StrategyError(f"the region covers {len(keys)} native tiles, above --max-vision-tokens")
-    thumb = dip.thumbnail()
-    tiles = list(dip.stream(sorted(keys, key=lambda k: (k.row, k.col))))
-    seg0 = adapter.encode_tiles([thumb], newlines=False, level=-1, hooks=vision_hooks)
-    seg1 = adapter.encode_tiles(tiles, newlines=True, level=native.index, hooks=vision_hooks)
-    return _Gathered([seg0, shift_tiles(seg1, 1)], [thumb, *tiles], ["thumbnail"] + ["region"] * len(tiles))
+    return strategy.gather(req)
 
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -292,9 +98,8 @@ def answer(
     ``heatmap``: with ``c2f``, also write the coarse-level token scores over the image as a PNG.
     ``pyramids``: borrow the image's pyramid from this pool (kept open for the next question about it)."""
     options = options or AskOptions()
-    if options.strategy not in STRATEGIES:
-        raise StrategyError(f"unknown strategy {options.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if heatmap is not None and options.strategy != "c2f":
+    strategy = get_strategy(options.strategy)
+    if heatmap is not None and not strategy.coarse_to_fine:
         raise StrategyError("a heatmap needs the c2f strategy (it draws the coarse-level token scores)")
     if not question.strip():
         raise StrategyError("the question is empty")
@@ -310,7 +115,7 @@ def answer(
             llm_hooks = (*llm_hooks, *attachment.llm_hooks)
             # A pruner that acts only before the LLM cannot see the whole prompt: after c2f its budget is
             # shared between the views (see _prune_views), so the tokens into the LLM still total it.
-            split_views = options.strategy == "c2f" and not attachment.llm_hooks
+            split_views = strategy.coarse_to_fine and not attachment.llm_hooks
             if split_views:
                 attachment.detach()  # _prune_views attaches it per view
         opened = (
@@ -356,7 +161,9 @@ def _answer_with(
     device, dtype = where  # as the caller gave them (for the record)
     with opened as dip:
         t0 = time.perf_counter()
-        gathered = _gather(adapter, dip, question, options, vision_hooks, pruner_hooks, split_views)
+        gathered = _gather(
+            StrategyRequest(adapter, dip, question, options, vision_hooks, pruner_hooks, split_views)
+        )
         t_gather = time.perf_counter() - t0
         image_info = {**dip.info.describe(), "levels": [lvl.describe() for lvl in dip.levels]}
         if heatmap is not None and gathered.c2f is not None and gathered.c2f.coarse_scores is not None:
@@ -446,7 +253,7 @@ def _answer_with(
             "dtype": dtype,
             **(
                 {"scorer": options.scorer, "scorer_layers": options.scorer_layers, **asdict(options.c2f)}
-                if options.strategy == "c2f"
+                if get_strategy(options.strategy).coarse_to_fine
                 else {}
             ),
             **({"pruner": options.pruner, "budget": options.budget} if options.pruner is not None else {}),

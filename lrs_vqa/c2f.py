@@ -28,46 +28,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
 
+from lrs_vqa.c2f_modes import get_mode, mode_names, register_mode
 from lrs_vqa.engine.hooks import VisionHook
-from lrs_vqa.models.base import ModelAdapter, TokenMeta, VisionSegment
+from lrs_vqa.engine.tokens import TokenMeta, VisionSegment
+from lrs_vqa.models.base import ModelAdapter
+from lrs_vqa.options import C2FError, C2FOptions
 from pyramid.dip import DynamicImagePyramid, Tile, TileKey
 from pyramid.levels import PixelBox
 from rfm.base import RegionScorer, TokenScores
-
-MODES = ("default", "paper")  # paper: the released one-hop loop (lrs_vqa.c2f_paper, reference card §5)
-
-
-class C2FError(ValueError):
-    """Bad coarse-to-fine settings; one-line message."""
-
-
-@dataclass(frozen=True)
-class C2FOptions:
-    mode: str = "default"
-    keep_ratio: float = 0.25  # the final prune keeps at most this share of the last level's tokens
-    focus_mass: float = 0.6  # focus tokens hold this share of the level's score mass
-    max_tiles_per_level: int = 16
-    min_focus_share: float = 0.5  # a capped zoom needs this share of the view's score mass ...
-    min_lift: float = 2.0  # ... at least this many times denser than the view's average
-    budget_tokens: int = 4096  # vision tokens into the LLM, thumbnail and newline markers included
-    keep_coarse: bool = False  # also keep the coarse level's focus tokens as context
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise C2FError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if not 0 < self.keep_ratio <= 1:
-            raise C2FError(f"keep ratio must be in (0, 1], got {self.keep_ratio}")
-        if not 0 < self.focus_mass <= 1:
-            raise C2FError(f"focus mass must be in (0, 1], got {self.focus_mass}")
-        if self.max_tiles_per_level < 1:
-            raise C2FError(f"max tiles per level must be at least 1, got {self.max_tiles_per_level}")
-        if not 0 <= self.min_focus_share <= 1 or self.min_lift < 0:
-            raise C2FError("min focus share must be in [0, 1] and min lift non-negative")
-        if self.budget_tokens < 1:
-            raise C2FError(f"token budget must be at least 1, got {self.budget_tokens}")
 
 
 @dataclass(frozen=True)
@@ -177,8 +149,30 @@ def shift_tiles(segment: VisionSegment, offset: int) -> VisionSegment:
     )
 
 
+class Loop(Protocol):
+    """What a c2f mode builds (``lrs_vqa.c2f_modes``): one question over one pyramid → a ``C2FResult``."""
+
+    def run(self, dip: DynamicImagePyramid, question: str) -> C2FResult: ...
+
+
+def make_loop(
+    adapter: ModelAdapter,
+    scorer: RegionScorer,
+    options: C2FOptions | None = None,
+    vision_hooks: Sequence[VisionHook] = (),
+    pruner_hooks: Sequence[VisionHook] | None = None,
+) -> Loop:
+    """The loop of ``options.mode`` (registered in ``lrs_vqa.c2f_modes``)."""
+    options = options or C2FOptions()
+    mode = get_mode(options.mode)
+    if mode is None:
+        raise C2FError(f"unknown mode {options.mode!r}; choose one of {', '.join(mode_names())}")
+    return mode.loop(adapter, scorer, options, vision_hooks, pruner_hooks)
+
+
+@register_mode("default")
 class CoarseToFine:
-    """Runs the loop for one question over one pyramid with one adapter and one scorer."""
+    """The default mode's loop, for one question over one pyramid with one adapter and one scorer."""
 
     def __init__(
         self,
@@ -194,6 +188,10 @@ class CoarseToFine:
         self.adapter = adapter
         self.scorer = scorer
         self.options = options or C2FOptions()
+        if self.options.mode != "default":  # other modes have their own loop: make_loop picks it
+            raise C2FError(
+                f"CoarseToFine runs the default mode; use make_loop for mode {self.options.mode!r}"
+            )
         self.hooks = vision_hooks
         self.pruner_hooks = pruner_hooks
 
@@ -249,10 +247,6 @@ class CoarseToFine:
 
     def run(self, dip: DynamicImagePyramid, question: str) -> C2FResult:
         opt = self.options
-        if opt.mode == "paper":
-            from lrs_vqa.c2f_paper import PaperLoop
-
-            return PaperLoop(self.adapter, self.scorer, opt.keep_ratio, self.hooks).run(dip, question)
         thumb = dip.thumbnail()
         seg_thumb = self._encode([thumb], -1, newlines=False)
         thumb_tokens = len(self.adapter.present_rows(seg_thumb))

@@ -34,9 +34,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from lrs_vqa.c2f import C2FError, C2FResult, LevelStep, shift_tiles, tile_mass
+from lrs_vqa.c2f import C2FError, C2FOptions, C2FResult, LevelStep, shift_tiles, tile_mass
+from lrs_vqa.c2f_modes import register_mode
 from lrs_vqa.engine.hooks import VisionHook
-from lrs_vqa.models.base import ModelAdapter, VisionSegment
+from lrs_vqa.engine.tokens import VisionSegment
+from lrs_vqa.models.base import ModelAdapter
 from pyramid.dip import THUMBNAIL, DynamicImagePyramid, Tile, TileKey
 from pyramid.levels import PixelBox
 from rfm.base import RegionScorer, TokenScores
@@ -231,20 +233,23 @@ def complete_newlines(segment: VisionSegment, token_rows: torch.Tensor, rows: in
     return _select(segment, torch.tensor(order))
 
 
+@register_mode("paper")
 class PaperLoop:
     """The released one-hop loop over one pyramid with one adapter and one scorer; returns the same result
-    type as :class:`lrs_vqa.c2f.CoarseToFine`."""
+    type as :class:`lrs_vqa.c2f.CoarseToFine`. Of the options it uses ``keep_ratio`` only; a token pruner's
+    vision hooks are not applied (the released loop has its own final prune)."""
 
     def __init__(
         self,
         adapter: ModelAdapter,
         scorer: RegionScorer,
-        keep_ratio: float = 0.25,
+        options: C2FOptions | None = None,
         vision_hooks: Sequence[VisionHook] = (),
+        pruner_hooks: Sequence[VisionHook] | None = None,
     ) -> None:
         self.adapter = adapter
         self.scorer = scorer
-        self.keep_ratio = keep_ratio
+        self.keep_ratio = (options or C2FOptions(mode="paper")).keep_ratio
         self.hooks = vision_hooks
 
     def plan(self, dip: DynamicImagePyramid) -> PaperPlan:

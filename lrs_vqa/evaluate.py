@@ -30,13 +30,12 @@ from typing import Any
 
 from lrs_vqa.answer import AskOptions, StrategyError, answer, get_adapter
 from lrs_vqa.answer_log import AnswerLog, write_json_atomic
+from lrs_vqa.benchmarks import get_benchmark, score_file
 from lrs_vqa.eval_errors import InputFileError, MalformedRowsError, MergeError, ResumeError
 from lrs_vqa.image_groups import group_by_image, shared_pyramid
-from lrs_vqa.mme import question_id as mme_question_id
 from lrs_vqa.questions import Question, QuestionFile, load_questions, resolve_image, select
 from lrs_vqa.records import AnswerRecord
 from lrs_vqa.rows import BadRow, read_rows
-from lrs_vqa.scoring import score_file
 from lrs_vqa.wordnet import load_wordnet
 from pyramid.errors import RasterInputError
 
@@ -114,9 +113,7 @@ def _check_config(cfg: EvalConfig) -> None:
 
 
 def row_id(benchmark: str) -> Callable[[dict[str, Any]], str | None]:
-    if benchmark == "mme-realworld":
-        return mme_question_id
-    return lambda row: row.get("question_id") if isinstance(row.get("question_id"), str) else None
+    return get_benchmark(benchmark).row_id
 
 
 def stats_dict(record: AnswerRecord) -> dict[str, Any]:
@@ -164,19 +161,7 @@ def answer_row(
         "evidence": evidence_list(record) if record is not None else [],
         "error": error,
     }
-    if benchmark == "mme-realworld":
-        return {**q.record, "Output": text, **extra}
-    r = q.record
-    return {
-        "question_id": q.qid,
-        "id": q.qid,  # the official script groups by ``id``
-        "prompt": q.prompt,
-        "text": text,
-        "ground_truth": r["ground_truth"],
-        "category": r["category"],
-        "image": q.image,
-        **extra,
-    }
+    return get_benchmark(benchmark).answer_row(q.qid, q.image, q.prompt, q.record, text, extra)
 
 
 def _settings(cfg: EvalConfig, qf: QuestionFile) -> dict[str, Any]:
@@ -267,7 +252,7 @@ def run_eval(
             )
     if not qf.questions:
         raise InputFileError(f"{cfg.questions}: no usable question")
-    if cfg.score and qf.benchmark == "lrs-vqa":
+    if cfg.score and get_benchmark(qf.benchmark).needs_wordnet:
         load_wordnet()  # fail before hours of answering, not after
     mine = select(
         qf.questions, num_chunks=cfg.num_chunks, chunk_idx=cfg.chunk_idx, offset=cfg.offset, limit=cfg.limit

@@ -16,9 +16,13 @@ import re
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lrs_vqa.benchmarks import QuestionFields, register_benchmark
 from lrs_vqa.rows import BadRow, Row
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 CHOICE_PROMPT = " The choices are listed below: \n"
 END_PROMPT = (
@@ -162,3 +166,53 @@ def question_id(d: dict[str, Any]) -> str | None:
     """MME-RealWorld ids may be numbers or strings; compared as strings."""
     qid = d.get("Question_id")
     return None if qid is None or qid == "" else str(qid)
+
+
+class MMERealWorld:
+    name = "mme-realworld"
+    help = "its RS question JSON, scored by option letter"
+    needs_wordnet = False
+
+    def claims(self, first_row: dict[str, Any]) -> bool:
+        return "Question_id" in first_row and "question_id" not in first_row
+
+    def read_question(self, row: dict[str, Any]) -> QuestionFields:
+        return QuestionFields(question_id(row), row.get("Image"), record_problem(row, answered=False))
+
+    def prompt(self, row: dict[str, Any]) -> str:
+        return mme_prompt(row)
+
+    def row_id(self, row: dict[str, Any]) -> str | None:
+        return question_id(row)
+
+    def answer_row(
+        self, qid: str, image: str, prompt: str, record: dict[str, Any], text: str, extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {**record, "Output": text, **extra}  # the record plus Output, as its launcher writes
+
+    def score(self, rows: list[Row], bad: list[BadRow], path: str, *, normalize: bool) -> MMEScoreReport:
+        return score_mme(rows, bad, path)  # option letters: no normalized rule
+
+    def print_report(self, report: MMEScoreReport, out: Console, err: Console) -> None:
+        from rich.table import Table
+
+        table = Table(title=f"MME-RealWorld: {report.path}", title_justify="left")
+        for col in ("task", "subtask", "category", "correct", "total", "acc %", "E"):
+            table.add_column(col, justify="left" if col in ("task", "subtask", "category") else "right")
+        for c in report.categories:
+            table.add_row(
+                c.task,
+                c.subtask,
+                c.category,
+                str(c.correct),
+                str(c.total),
+                f"{c.accuracy:.2f}",
+                str(c.e_choices),
+            )
+        out.print(table)
+        out.print(
+            f"Overall Acc (sample-weighted): {report.accuracy:.2f}% ({report.correct}/{report.rows_scored})"
+        )
+
+
+register_benchmark(MMERealWorld())

@@ -1,4 +1,4 @@
-"""Benchmark question files: LRS-VQA (JSONL) and MME-RealWorld (JSON list), checked row by row, image paths
+"""Benchmark question files (any benchmark of ``lrs_vqa.benchmarks``), checked row by row, image paths
 confined to the image root, and the slice of questions one run (or one shard) asks."""
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lrs_vqa.benchmarks import detect
 from lrs_vqa.eval_errors import InputFileError, PathEscapeError
-from lrs_vqa.mme import mme_prompt, question_id, record_problem
-from lrs_vqa.rows import BadRow, read_rows, text_field
-
-LRS_FIELDS = ("question_id", "image", "text", "ground_truth", "category")
+from lrs_vqa.rows import BadRow, read_rows
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,7 @@ class Question:
 @dataclass(frozen=True)
 class QuestionFile:
     path: str
-    benchmark: str  # "lrs-vqa" | "mme-realworld"
+    benchmark: str  # a name in lrs_vqa.benchmarks
     sha256: str
     questions: tuple[Question, ...]
     bad_rows: tuple[BadRow, ...]
@@ -65,22 +63,15 @@ def load_questions(path: str | Path, image_root: str | Path, *, check_images: bo
     rows, bad = read_rows(p)
     if not rows and not bad:
         raise InputFileError(f"{p}: no questions")
-    mme = bool(rows) and "Question_id" in rows[0].data and "question_id" not in rows[0].data
+    bench = detect(rows)
     root = Path(image_root)
     bad = list(bad)
     questions: list[Question] = []
     seen: dict[str, int] = {}
     for row in rows:
         d = row.data
-        if mme:
-            qid = question_id(d)
-            problem = record_problem(d, answered=False)
-            image = d.get("Image")
-        else:
-            qid = text_field(d, "question_id")
-            missing = [k for k in LRS_FIELDS if text_field(d, k) is None]
-            problem = f"missing or empty {', '.join(missing)}" if missing else None
-            image = d.get("image")
+        fields = bench.read_question(d)
+        qid, image, problem = fields.qid, fields.image, fields.problem
         if problem is None and qid in seen:
             problem = f"duplicate question id (first at line {seen[qid]})"
         if problem is None:
@@ -97,12 +88,12 @@ def load_questions(path: str | Path, image_root: str | Path, *, check_images: bo
             continue
         assert qid is not None and isinstance(image, str)
         seen[qid] = row.line
-        prompt = mme_prompt(d) if mme else d["text"]
+        prompt = bench.prompt(d)
         questions.append(Question(row.line, qid, image, prompt, d))
     bad.sort(key=lambda b: b.line)
     return QuestionFile(
         path=str(p),
-        benchmark="mme-realworld" if mme else "lrs-vqa",
+        benchmark=bench.name,
         sha256=_sha256(p),
         questions=tuple(questions),
         bad_rows=tuple(bad),

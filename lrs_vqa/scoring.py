@@ -25,11 +25,9 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from lrs_vqa.eval_errors import InputFileError
-from lrs_vqa.rows import BadRow, Row, read_rows, text_field
+from lrs_vqa.rows import BadRow, Row, text_field
 from lrs_vqa.wordnet import WordNetInfo, load_wordnet
 
 SUBSET_ORDER = ("FAIR", "GLH-Bridge", "STAR")
@@ -234,11 +232,6 @@ def answer_rows(rows: list[Row], bad: list[BadRow]) -> tuple[list[ScoredRow], li
     return good, bad
 
 
-def is_mme_rows(rows: list[Row]) -> bool:
-    """MME-RealWorld rows carry ``Question_id`` / ``Ground truth`` / ``Answer choices`` instead."""
-    return bool(rows) and "Question_id" in rows[0].data and "question_id" not in rows[0].data
-
-
 def score_lrs(rows: list[Row], bad: list[BadRow], path: str, *, normalize: bool = False) -> LRSScoreReport:
     t0 = time.perf_counter()
     wordnet, info = load_wordnet()
@@ -261,15 +254,3 @@ def score_lrs(rows: list[Row], bad: list[BadRow], path: str, *, normalize: bool 
         seconds=time.perf_counter() - t0,
         notes=notes,
     )
-
-
-def score_file(path: str | Path, *, normalize: bool = False) -> Any:
-    """Score an answer file: an :class:`LRSScoreReport`, or an MME-RealWorld report for its answer rows."""
-    rows, bad = read_rows(path)
-    if not rows and not bad:
-        raise InputFileError(f"{path}: no rows")
-    if is_mme_rows(rows):
-        from lrs_vqa.mme import score_mme
-
-        return score_mme(rows, bad, str(path))
-    return score_lrs(rows, bad, str(path), normalize=normalize)

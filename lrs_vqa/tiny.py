@@ -23,14 +23,16 @@ tokens.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from lrs_vqa.models.random_weights import MARKER_KEY, is_random_tiny_model
+
+__all__ = ["FAMILIES", "MARKER_KEY", "TinyModelInfo", "is_random_tiny_model", "make_tiny_model"]
+
 FAMILIES = ("llava_onevision", "llava", "qwen2_vl")
 
-MARKER_KEY = "lrs_vqa_tiny_random"
 
 # Shared tiny sizes.
 _TEXT_HIDDEN = 64
@@ -446,13 +448,3 @@ def make_tiny_model(
         num_parameters=sum(p.numel() for p in model.parameters()),
         image_size=image_size,
     )
-
-
-def is_random_tiny_model(path: str | Path) -> bool:
-    """True if ``path`` is a checkpoint folder written by :func:`make_tiny_model`."""
-    cfg = Path(path) / "config.json"
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get(MARKER_KEY) is True

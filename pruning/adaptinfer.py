@@ -10,7 +10,7 @@ layer schedule found offline from where the text→vision attention shifts.
   are ``(2, 11, 21)``, scaled to the model's depth.
 * Per-stage counts follow the published schedules for LLaVA-1.5-7B (576 tokens) the way ``sparsevlm`` does:
   the entry nearest the budget gives the stages' proportions and the solver meets the budget exactly.
-* ``analyse_schedule`` (``python -m pruning.adaptinfer analyse``) derives stage layers for a model from
+* ``analyse_schedule`` (``lrs-vqa pruner-tool adaptinfer analyse``) derives stage layers for a model from
   sample inputs: the per-layer text→vision attention mass is segmented into piecewise-constant parts
   (least squares, exact dynamic programme) and the segment starts are the stage layers. Its JSON output is
   read back with ``adaptinfer:schedule=PATH``.
@@ -25,7 +25,6 @@ cumulative curve (equivalent: a constant segment of the mass is a straight segme
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -45,9 +44,7 @@ from pruning.base import (
     Stage,
     llm_layers_label,
     map_rows,
-    top_k,
 )
-from pruning.base import selection_keeping as _keeping
 from pruning.budget import (
     Budget,
     Schedule,
@@ -55,8 +52,8 @@ from pruning.budget import (
     scale_layers,
 )
 from pruning.errors import PrunerConfigError
+from pruning.recycle import recycled_selection
 from pruning.registry import register
-from pruning.sparsevlm import SparseVLMHook
 
 if TYPE_CHECKING:
     from lrs_vqa.models.base import ModelAdapter
@@ -183,9 +180,10 @@ class AdaptInferHook(ScheduledLayerHook):
     def stage_selection(
         self, view: LayerView, vision: torch.Tensor, scores: torch.Tensor, keep: int
     ) -> Selection:
-        if self.pruner.config.recycle:
-            return SparseVLMHook.stage_selection(self, view, vision, scores, keep)  # type: ignore[arg-type]
-        return _keeping(view, vision[top_k(scores, keep)])
+        cfg = self.pruner.config  # SparseVLM's recycling, off unless asked for
+        return recycled_selection(
+            view, vision, scores, keep, cfg.recycle, cfg.recycle_share, cfg.cluster_div, cfg.knn
+        )
 
 
 def load_schedule(path: str | Path) -> dict[str, Any]:
@@ -287,43 +285,3 @@ def analyse_schedule(
     if out is not None:
         Path(out).write_text(json.dumps(data, indent=2) + "\n")
     return data
-
-
-def _sample_inputs(adapter: ModelAdapter, images: Sequence[str], question: str) -> list[PrefillInputs]:
-    from PIL import Image
-
-    out = []
-    for path in images:
-        with Image.open(path) as img:
-            out.append(adapter.stock_prompt(img.convert("RGB"), question)[0].inputs)
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pruning.adaptinfer")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("analyse", help="derive AdaptInfer stage layers from sample images")
-    p.add_argument("model", help="model path or hub id (as for lrs-vqa ask)")
-    p.add_argument("images", nargs="+", help="sample images")
-    p.add_argument("--question", default="Describe the image.")
-    p.add_argument("--stages", type=int, default=3)
-    p.add_argument("--out", required=True, help="schedule JSON to write")
-    args = parser.parse_args(argv)
-    from lrs_vqa.models.registry import load_adapter
-
-    adapter = load_adapter(args.model)
-    data = analyse_schedule(
-        adapter, _sample_inputs(adapter, args.images, args.question), args.stages, args.out
-    )
-    print(f"adaptinfer layers {data['layers']} of {data['n_layers']} -> {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    # Run with -m this file is `__main__`: the real `pruning.adaptinfer` module owns the registration.
-    from pruning.registry import PRUNERS
-
-    PRUNERS.pop("adaptinfer", None)
-    from pruning.adaptinfer import main as _main
-
-    raise SystemExit(_main())

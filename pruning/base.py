@@ -38,7 +38,8 @@ from pruning.errors import PrunerConfigError
 if TYPE_CHECKING:
     from lrs_vqa.engine.hooks import VisionContext
     from lrs_vqa.engine.taps import RowSelector
-    from lrs_vqa.models.base import ModelAdapter, TokenMeta
+    from lrs_vqa.engine.tokens import TokenMeta
+    from lrs_vqa.models.base import ModelAdapter
 
 
 class Stage(StrEnum):

@@ -4,7 +4,7 @@ tokens go on; the base model stays frozen.
 * A decision module is a cross-attention block whose queries are the vision tokens' hidden states and whose
   keys/values are the language tokens' (the question's rows; every row after the image if the question is
   not marked), followed by an MLP that emits two logits (keep, drop) per vision token.
-* Training (``train`` / ``python -m pruning.lvpruning train``): the frozen LLM runs layer by layer with
+* Training (``train`` / ``lrs-vqa pruner-tool lvpruning train``): the frozen LLM runs layer by layer with
   gradients on; at each decision layer a hard Gumbel-softmax sample (straight-through) gives a keep mask,
   cumulative over the layers, that masks the dropped vision tokens as *keys* in every later layer (an
   additive attention bias ``(m − 1) · mask_scale``, so the gradient reaches the modules). Loss = KL from
@@ -28,7 +28,6 @@ choice ("90 % pruned by the middle layer"), the paper's exact layers were not av
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -52,7 +51,7 @@ CHECKPOINT_FORMAT = "lvpruning/1"
 WEIGHTS = "lvpruning.safetensors"
 CONFIG = "lvpruning.json"
 TRAIN_HINT = (
-    "train them with `python -m pruning.lvpruning train MODEL IMAGE... --out DIR` and pass "
+    "train them with `lrs-vqa pruner-tool lvpruning train MODEL IMAGE... --out DIR` and pass "
     "lvpruning:checkpoint=DIR"
 )
 
@@ -511,66 +510,3 @@ def train(
         for p, flag in frozen:
             p.requires_grad_(flag)
     return TrainResult(modules, losses, initial, final)
-
-
-def _sample_inputs(
-    adapter: ModelAdapter, images: Sequence[str], questions: Sequence[str]
-) -> list[PrefillInputs]:
-    from PIL import Image
-
-    out = []
-    for path in images:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB")
-            out += [adapter.stock_prompt(rgb, q)[0].inputs for q in questions]
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pruning.lvpruning")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train LVPruning decision modules (the model stays frozen)")
-    p.add_argument("model", help="model path or hub id (as for lrs-vqa ask)")
-    p.add_argument("images", nargs="+", help="training images")
-    p.add_argument("--question", action="append", default=None, help="question(s) to pair with each image")
-    p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--layers", default="2/8/16", help="decision layers for a 32-layer LLM (scaled)")
-    p.add_argument("--keep-ratios", default="0.5/0.25/0.1")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    from lrs_vqa.models.registry import load_adapter
-
-    cfg = TrainConfig(
-        layers=tuple(int(x) for x in args.layers.split("/")),
-        keep_ratios=tuple(float(x) for x in args.keep_ratios.split("/")),
-        steps=args.steps,
-        lr=args.lr,
-        seed=args.seed,
-    )
-    adapter = load_adapter(args.model)
-    samples = _sample_inputs(adapter, args.images, args.question or ["Describe the image."])
-    result = train(adapter, samples, cfg)
-    save_checkpoint(
-        result.modules,
-        args.out,
-        {
-            "model": args.model,
-            "steps": cfg.steps,
-            "initial_loss": result.initial_loss,
-            "final_loss": result.final_loss,
-        },
-    )
-    print(f"lvpruning loss {result.initial_loss:.4f} -> {result.final_loss:.4f}; checkpoint {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    # Run with -m this file is `__main__`: the real `pruning.lvpruning` module owns the registration.
-    from pruning.registry import PRUNERS
-
-    PRUNERS.pop("lvpruning", None)
-    from pruning.lvpruning import main as _main
-
-    raise SystemExit(_main())

@@ -51,12 +51,12 @@ from pruning.base import (
 from pruning.budget import Budget, Schedule, scale_layers, solve_schedule
 from pruning.errors import PrunerConfigError
 from pruning.registry import register
-from pruning.star import self_attention_scores
+from pruning.scores import encoder_saliency
 
 if TYPE_CHECKING:
     from lrs_vqa.engine.hooks import VisionContext
     from lrs_vqa.engine.taps import RowSelector
-    from lrs_vqa.models.base import TokenMeta
+    from lrs_vqa.engine.tokens import TokenMeta
 
 # ------------------------------------------------------------------------------------------ pure
 
@@ -202,14 +202,8 @@ class PTPVisionHook(BudgetedVisionHook):
     ) -> Selection | None:
         if not self.active or stage is not self.stage:
             return None
-        layer = self.target.feature_layer
-        if layer not in ctx.taps:
-            raise PrunerConfigError("ptp found no encoder attention for this group of tiles")
-        tile, token = ctx.tile_index.cpu(), ctx.token_index.cpu()
-        b = self_attention_scores(
-            ctx.taps[layer].cpu(), tile, token, self.target.cls_token, self.target.merge
-        )
-        self.records.append(_Record(tile.clone(), b, fingerprints(feats)))
+        b = encoder_saliency(self.target, ctx, "ptp")
+        self.records.append(_Record(ctx.tile_index.cpu().clone(), b, fingerprints(feats)))
         n = int(feats.shape[0])
         self.calls.append((n, n))
         return None

@@ -14,8 +14,7 @@ from pruning.base import HookSet, ModelTarget, Pruner, ScheduledLayerHook, Signa
 from pruning.budget import Budget, Profile, Schedule, scale_layers, solve_schedule
 from pruning.errors import PrunerConfigError
 from pruning.registry import register
-
-QUERIES = ("last", "last_instruction")
+from pruning.scores import QUERIES, query_row
 
 # ------------------------------------------------------------------------------------------ pure
 
@@ -23,16 +22,6 @@ QUERIES = ("last", "last_instruction")
 def pyramid_profile(stages: int) -> Profile:
     """Keep fractions λ, λ², ..., λ^stages of the tokens entering the LLM, as a function of λ."""
     return lambda lam: tuple(lam**i for i in range(1, stages + 1))
-
-
-def query_row(last: int, instruction: torch.Tensor, query: str) -> int:
-    """The ranking query: the last prompt row (the reference code's choice: LLaVA's prompt ends with the
-    instruction's "ASSISTANT:"), or the last token of the question itself."""
-    if query == "last_instruction":
-        rows = torch.nonzero(instruction).flatten()
-        if rows.numel():
-            return int(rows[-1])
-    return last
 
 
 def pdrop_scores(query_attention: torch.Tensor) -> torch.Tensor:

@@ -38,27 +38,16 @@ from pruning.base import (
 )
 from pruning.budget import Budget, Schedule
 from pruning.errors import PrunerConfigError
-from pruning.pyramiddrop import QUERIES
 from pruning.registry import register
+from pruning.scores import QUERIES, encoder_saliency
 from pruning.two_stage import SecondStageHook, check_share, first_stage_keep, stage_layer, two_stage_plan
-from pruning.visionzip import cls_dominance, received_dominance
 
 if TYPE_CHECKING:
     from lrs_vqa.engine.hooks import VisionContext
     from lrs_vqa.engine.taps import RowSelector
-    from lrs_vqa.models.base import TokenMeta
+    from lrs_vqa.engine.tokens import TokenMeta
 
 # ------------------------------------------------------------------------------------------ pure
-
-
-def self_attention_scores(
-    att: torch.Tensor, tile_index: torch.Tensor, token_index: torch.Tensor, cls: bool, merge: int = 1
-) -> torch.Tensor:
-    """Stage-1 score of each token: CLS → token attention (``att`` (tiles, 1, 1 + patches)), or without
-    CLS the mean attention it receives (``att`` (tiles, queries, patches))."""
-    if cls:
-        return cls_dominance(att, tile_index, token_index)
-    return received_dominance(att, tile_index, token_index, merge)
 
 
 def star_stage1_keep(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -114,17 +103,7 @@ class StarVisionHook(BudgetedVisionHook):
         return self.select(feats, meta, ctx, keep)
 
     def select(self, feats: torch.Tensor, meta: TokenMeta, ctx: VisionContext, keep: int) -> Selection:
-        layer = self.target.feature_layer
-        if layer not in ctx.taps:
-            raise PrunerConfigError("star found no encoder attention for this group of tiles")
-        scores = self_attention_scores(
-            ctx.taps[layer].cpu(),
-            ctx.tile_index.cpu(),
-            ctx.token_index.cpu(),
-            self.target.cls_token,
-            self.target.merge,
-        )
-        return Selection(star_stage1_keep(scores, keep))
+        return Selection(star_stage1_keep(encoder_saliency(self.target, ctx, "star"), keep))
 
 
 @register("star")

@@ -26,7 +26,7 @@ from lrs_vqa.engine.decoder import LayerView, Selection
 from pruning.base import Pruner, ScheduledLayerHook
 from pruning.budget import Budget, BudgetKind, Schedule, round_half_up, scale_layers, solve_schedule
 from pruning.errors import PrunerConfigError
-from pruning.pyramiddrop import query_row
+from pruning.scores import query_row
 
 # ------------------------------------------------------------------------------------------ pure
 

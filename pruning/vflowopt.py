@@ -13,7 +13,7 @@ are calibrated offline by minimising the last-token discrepancy to the unpruned 
   (importance-weighted mean of the group's features) and the rest of the group is dropped ("recycling").
 * LLM stage: before layers 9 and 18 of 28 (scaled) the survivors are ranked by the same importance map and
   fractions ``r1`` then ``r2`` are kept (no LLM attention is needed).
-* ``calibrate`` (``python -m pruning.vflowopt calibrate``) tries settings of (t, cell, alpha, r1, r2) on
+* ``calibrate`` (``lrs-vqa pruner-tool vflowopt calibrate``) tries settings of (t, cell, alpha, r1, r2) on
   sample images and keeps the one with the lowest mean ``1 − cos`` between the last layer's last-token
   hidden state with and without pruning; ``vflowopt:calibration=PATH`` loads the chosen setting.
 
@@ -36,7 +36,6 @@ rank last.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -79,7 +78,8 @@ from pruning.registry import register
 if TYPE_CHECKING:
     from lrs_vqa.engine.hooks import VisionContext
     from lrs_vqa.engine.taps import RowSelector
-    from lrs_vqa.models.base import ModelAdapter, TokenMeta
+    from lrs_vqa.engine.tokens import TokenMeta
+    from lrs_vqa.models.base import ModelAdapter
 
 CALIBRATION_FORMAT = "vflowopt-calibration/1"
 TUNABLE = ("t", "cell", "alpha", "r1", "r2")
@@ -503,7 +503,7 @@ def last_token_state(
 
 def encode_global(adapter: ModelAdapter, image: str | Path, question: str, vision_hooks: Sequence[Any] = ()):
     """The global-strategy prompt (the image's thumbnail as one tile) with ``vision_hooks`` applied."""
-    from lrs_vqa.answer import pyramid_spec_for
+    from lrs_vqa.models.base import pyramid_spec_for
     from pyramid.dip import DynamicImagePyramid, PyramidOptions
 
     with tempfile.TemporaryDirectory() as cache:
@@ -589,34 +589,3 @@ def calibrate(
         }
         Path(out).write_text(json.dumps(data, indent=2) + "\n")
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pruning.vflowopt")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("calibrate", help="tune VFlowOpt's hyper-parameters on sample images")
-    p.add_argument("model", help="model path or hub id (as for lrs-vqa ask)")
-    p.add_argument("images", nargs="+", help="sample images (unlabelled)")
-    p.add_argument("--question", default="Describe the image.")
-    p.add_argument("--budget", default="0.1")
-    p.add_argument("--trials", type=int, default=None, help="random subset of the grid (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="calibration JSON to write")
-    args = parser.parse_args(argv)
-    from lrs_vqa.models.registry import load_adapter
-
-    adapter = load_adapter(args.model)
-    samples = [(img, args.question) for img in args.images]
-    result = calibrate(adapter, samples, args.budget, trials=args.trials, seed=args.seed, out=args.out)
-    print(f"vflowopt {result.setting} discrepancy {result.discrepancy:.6f} -> {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    # Run with -m this file is `__main__`: the real `pruning.vflowopt` module owns the registration.
-    from pruning.registry import PRUNERS
-
-    PRUNERS.pop("vflowopt", None)
-    from pruning.vflowopt import main as _main
-
-    raise SystemExit(_main())

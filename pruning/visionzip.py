@@ -31,31 +31,17 @@ from pruning.base import (
 from pruning.budget import Budget, Schedule, round_half_up, uniform_schedule
 from pruning.errors import PrunerConfigError
 from pruning.registry import register
+from pruning.scores import cls_dominance, received_dominance
 
 if TYPE_CHECKING:
     from lrs_vqa.engine.hooks import VisionContext
     from lrs_vqa.engine.taps import RowSelector
-    from lrs_vqa.models.base import ModelAdapter, TokenMeta
+    from lrs_vqa.engine.tokens import TokenMeta
+    from lrs_vqa.models.base import ModelAdapter
 
 METRICS = ("keys", "features")
 
 # ------------------------------------------------------------------------------------------ pure
-
-
-def cls_dominance(att: torch.Tensor, tile_index: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
-    """CLS → patch attention of each token; ``att`` (tiles, 1, 1 + patches) with CLS at key 0."""
-    return att[tile_index, 0, 1 + token_index].float()
-
-
-def received_dominance(
-    att: torch.Tensor, tile_index: torch.Tensor, token_index: torch.Tensor, merge: int = 1
-) -> torch.Tensor:
-    """Mean attention each token receives over all queries; ``att`` (tiles, queries, patches). With a
-    ``merge``×``merge`` patch merger the patches of one token are consecutive and are averaged."""
-    received = att.float().mean(1)  # (tiles, patches)
-    group = merge * merge
-    received = received.reshape(received.shape[0], -1, group).mean(-1)
-    return received[tile_index, token_index]
 
 
 def contextual_count(keep: int, share: float) -> int:

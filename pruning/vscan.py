@@ -46,15 +46,16 @@ from lrs_vqa.engine.hooks import EncoderSelection
 from pruning.base import HookSet, ModelTarget, Pruner, PrunerHook, Signal, Stage, top_k
 from pruning.budget import Budget, Schedule, round_half_up
 from pruning.errors import PrunerConfigError
-from pruning.pyramiddrop import QUERIES
 from pruning.registry import register
+from pruning.scores import QUERIES
 from pruning.two_stage import SecondStageHook, check_share, first_stage_keep, stage_layer, two_stage_plan
 
 if TYPE_CHECKING:
     from lrs_vqa.engine.decoder import Selection
     from lrs_vqa.engine.hooks import VisionContext
     from lrs_vqa.engine.taps import RowSelector
-    from lrs_vqa.models.base import ModelAdapter, TokenMeta
+    from lrs_vqa.engine.tokens import TokenMeta
+    from lrs_vqa.models.base import ModelAdapter
 
 LLAVA_FAMILIES = ("llava",)
 

@@ -40,6 +40,7 @@ __all__ = [
     "WorldObject",
     "WorldScene",
     "compose_world",
+    "is_world_sidecar",
     "load_world",
     "render_world",
     "synthesize_world",
@@ -560,6 +561,14 @@ def _object_json(o: WorldObject) -> dict[str, Any]:
         "cluster": o.cluster,
         "map_box": None if o.map_box is None else list(o.map_box),
     }
+
+
+def is_world_sidecar(path: str | Path) -> bool:
+    """True when ``path`` is a JSON file written by :func:`write_sidecar`."""
+    try:
+        return json.loads(Path(path).read_text()).get("format") == SIDECAR_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_world(sidecar: str | Path) -> WorldScene:

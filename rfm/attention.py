@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING
 from lrs_vqa.engine.flops import layer_flops
 from rfm.attention_rows import score_local_view
 from rfm.base import TokenScores
+from rfm.scorers import register_scorer
 
 if TYPE_CHECKING:
-    from lrs_vqa.models.base import ModelAdapter, VisionSegment
+    from lrs_vqa.engine.tokens import VisionSegment
+    from lrs_vqa.models.base import ModelAdapter
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,8 @@ class AttentionScorer:
             decoder.config,
             lambda length: layer_flops(length, shape.hidden, shape.ffn, gated_mlp=shape.gated_mlp),
         )
+
+
+@register_scorer("attention")
+def _attention(adapter: ModelAdapter, layers: int | None) -> AttentionScorer:
+    return AttentionScorer(layers)

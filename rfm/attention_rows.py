@@ -19,7 +19,8 @@ from lrs_vqa.engine.taps import TapRecorder, last_row, recording
 from rfm.base import TokenScores, local_rows
 
 if TYPE_CHECKING:
-    from lrs_vqa.models.base import ModelAdapter, VisionSegment
+    from lrs_vqa.engine.tokens import VisionSegment
+    from lrs_vqa.models.base import ModelAdapter
 
 
 @torch.inference_mode()

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from lrs_vqa.models.base import ModelAdapter, TokenMeta, VisionSegment
+    from lrs_vqa.engine.tokens import TokenMeta, VisionSegment
+    from lrs_vqa.models.base import ModelAdapter
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from lrs_vqa.engine.decoder import Selection
 from lrs_vqa.engine.taps import RowSelector
 
 if TYPE_CHECKING:
-    from lrs_vqa.models.base import TokenMeta
+    from lrs_vqa.engine.tokens import TokenMeta
 
 
 @dataclass

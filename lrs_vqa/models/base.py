@@ -1,5 +1,8 @@
 """Model adapters: turn pyramid tiles into vision tokens tagged with where they came from, and build the
-prompt the decoder loop runs. One adapter class per family, selected by ``config.model_type``."""
+prompt the decoder loop runs. One adapter class per family, selected by ``config.model_type``.
+
+``TokenMeta`` and ``VisionSegment`` are engine types (``lrs_vqa.engine.tokens``); they are imported here
+because every adapter produces them."""
 
 from __future__ import annotations
 
@@ -17,59 +20,9 @@ from lrs_vqa.engine.decoder import DecoderLoop, PrefillInputs
 from lrs_vqa.engine.flops import LayerShape
 from lrs_vqa.engine.hooks import VisionHook
 from lrs_vqa.engine.taps import RowSelector, TapRecorder, recording
+from lrs_vqa.engine.tokens import TokenMeta, VisionSegment
 from pyramid.dip import Tile
-from pyramid.levels import PixelBox
-
-
-class UnsupportedModelError(ValueError):
-    """The checkpoint's architecture has no adapter."""
-
-
-@dataclass(frozen=True)
-class TokenMeta:
-    """Per vision token: which tile/level it came from and its level-0 pixel box (NaN for newline rows)."""
-
-    tile: torch.Tensor  # (n,) long; index into the tiles given to encode, -1 for newline markers
-    level: torch.Tensor  # (n,) long; pyramid level index (-1 = thumbnail)
-    boxes: torch.Tensor  # (n, 4) float32 level-0 x0, y0, x1, y1
-    newline: torch.Tensor  # (n,) bool
-
-    @staticmethod
-    def cat(parts: Sequence[TokenMeta]) -> TokenMeta:
-        return TokenMeta(
-            torch.cat([p.tile for p in parts]),
-            torch.cat([p.level for p in parts]),
-            torch.cat([p.boxes for p in parts]),
-            torch.cat([p.newline for p in parts]),
-        )
-
-    def __len__(self) -> int:
-        return int(self.tile.numel())
-
-    @staticmethod
-    def whole_image(n: int, box: PixelBox) -> TokenMeta:
-        """``n`` tokens of the model's own processing of one image: all attributed to its whole box."""
-        return TokenMeta(
-            torch.zeros(n, dtype=torch.long),
-            torch.full((n,), -2, dtype=torch.long),
-            torch.tensor([box.as_list()], dtype=torch.float32).expand(n, 4).clone(),
-            torch.zeros(n, dtype=torch.bool),
-        )
-
-    def select(self, index: torch.Tensor) -> TokenMeta:
-        return TokenMeta(self.tile[index], self.level[index], self.boxes[index], self.newline[index])
-
-
-@dataclass
-class VisionSegment:
-    """Encoded tokens of one group of tiles, in the order they enter the LLM."""
-
-    embeds: torch.Tensor  # (n, d) in the LLM's embedding space
-    meta: TokenMeta
-    images_encoded: int  # vision-encoder inputs (for FLOPs)
-    tokens_encoded: int = 0  # tokens the encoder produced for these tiles, before any selection
-    qwen_grids: list[tuple[int, int, int]] | None = None  # per encoded image (t, h, w), Qwen-VL only
-    qwen_keep: torch.Tensor | None = None  # Qwen-VL: which of the full-grid tokens survive unpadding
+from pyramid.levels import PyramidSpec
 
 
 @dataclass
@@ -267,3 +220,9 @@ def grid_side(n: int) -> int:
     if side * side != n:
         raise ValueError(f"{n} vision tokens do not form a square grid")
     return side
+
+
+def pyramid_spec_for(adapter: ModelAdapter) -> PyramidSpec:
+    """Tiles at the encoder's input size, a coarse level of about 3×3 tiles, as the paper's DIP."""
+    t = adapter.tile_size
+    return PyramidSpec(tile_size=t, coarse_long_side=3 * t, thumbnail_size=t)

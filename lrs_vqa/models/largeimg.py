@@ -1,5 +1,5 @@
 """The released LRS-VQA models (``ll-13/llava-largeimg-Qwen2-7B`` / ``-Vicuna-7B``, original LLaVA layout)
-as an engine adapter, with their trained Region Focus Module attached as ``adapter.region_scorer``.
+as an engine adapter, with their trained Region Focus Module as ``adapter.region_focus_module``.
 
 Vision path (reference card §3): each tile (``slice_block_size`` px, 336) goes through the CLIP tower;
 ``hidden_states[mm_vision_select_layer]`` without CLS goes through the MLP projector. The global thumbnail
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -28,21 +28,19 @@ from PIL import Image
 from lrs_vqa.engine.decoder import DecoderLoop, PrefillInputs
 from lrs_vqa.engine.flops import LayerShape
 from lrs_vqa.engine.hooks import VisionContext, VisionHook, apply_selection, encoder_drop_layers
-from lrs_vqa.models.base import (
-    EncodedPrompt,
-    ModelAdapter,
-    TokenMeta,
-    UnsupportedModelError,
-    VisionSegment,
-    to_pil,
-    token_boxes,
+from lrs_vqa.engine.tokens import TokenMeta, VisionSegment
+from lrs_vqa.models.base import EncodedPrompt, ModelAdapter, to_pil, token_boxes
+from lrs_vqa.models.dtypes import torch_dtype
+from lrs_vqa.models.errors import UnsupportedModelError
+from lrs_vqa.models.largeimg_checkpoint import (
+    LargeImgModel,
+    is_released_layout,
+    load_released,
+    released_config,
 )
+from lrs_vqa.models.random_weights import is_random_tiny_model
 from pyramid.dip import THUMBNAIL, Tile
 from pyramid.levels import PixelBox
-from rfm.module import RFMScorer
-
-if TYPE_CHECKING:
-    from rfm.released import LargeImgModel
 
 # (text before the image, text after it) of the released evaluation's conversation templates (card §8.2).
 QWEN_CHATML = (
@@ -62,8 +60,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class LargeImgAdapter(ModelAdapter):
-    """Adapter over :class:`rfm.released.LargeImgModel`; ``processor`` is the checkpoint's tokenizer (the
-    released code prepares tiles itself, there is no multimodal processor)."""
+    """Adapter over :class:`~lrs_vqa.models.largeimg_checkpoint.LargeImgModel`; ``processor`` is the
+    checkpoint's tokenizer (the released code prepares tiles itself, there is no multimodal processor)."""
 
     model_types: ClassVar[tuple[str, ...]] = ("llava_qwen", "llava_llama")
     family: ClassVar[str] = "llava_largeimg"
@@ -97,32 +95,23 @@ class LargeImgAdapter(ModelAdapter):
             raise UnsupportedModelError(f"the tokenizer has no {SEPARATOR_TOKEN!r} token")
         self.separator_id = int(sep)
         self._set_eos()
-        self.region_scorer = RFMScorer(model.rfm)
+        # The trained RFM that came with the weights; the ``rfm`` region scorer (rfm.module) runs it.
+        self.region_focus_module = model.rfm
 
     # -- loading --------------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(
         cls, source: str | Path, *, device: str = "cpu", dtype: str | torch.dtype = torch.float32
     ) -> LargeImgAdapter:
-        """Load a released checkpoint (hub id or local folder); see :func:`rfm.released.load_released`."""
-        from lrs_vqa.tiny import is_random_tiny_model
-        from rfm.released import load_released
-
-        if isinstance(dtype, str):
-            from lrs_vqa.models.registry import DTYPES
-
-            if dtype not in DTYPES:
-                raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-            dtype = DTYPES[dtype]
-        model, tokenizer = load_released(source, device=device, dtype=dtype)
+        """Load a released checkpoint (hub id or local folder); see
+        :func:`lrs_vqa.models.largeimg_checkpoint.load_released`."""
+        model, tokenizer = load_released(source, device=device, dtype=torch_dtype(dtype))
         random_weights = Path(source).is_dir() and is_random_tiny_model(source)
         return cls(model, tokenizer, source=str(source), random_weights=random_weights)
 
     @staticmethod
     def claims(source: str | Path) -> bool:
         """True if ``source``'s config.json is in the original LLaVA layout (``mm_*`` fields)."""
-        from rfm.released import is_released_layout, released_config
-
         config = released_config(source)
         return config is not None and is_released_layout(config)
 

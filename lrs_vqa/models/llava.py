@@ -20,15 +20,8 @@ from lrs_vqa.engine.hooks import (
     apply_selection,
     encoder_drop_layers,
 )
-from lrs_vqa.models.base import (
-    EncodedPrompt,
-    ModelAdapter,
-    TokenMeta,
-    VisionSegment,
-    grid_side,
-    to_pil,
-    token_boxes,
-)
+from lrs_vqa.engine.tokens import TokenMeta, VisionSegment
+from lrs_vqa.models.base import EncodedPrompt, ModelAdapter, grid_side, to_pil, token_boxes
 from pyramid.dip import Tile
 from pyramid.levels import PixelBox
 

@@ -16,15 +16,9 @@ from PIL import Image
 from lrs_vqa.engine.decoder import PrefillInputs
 from lrs_vqa.engine.flops import LayerShape
 from lrs_vqa.engine.hooks import VisionContext, VisionHook, apply_selection
-from lrs_vqa.models.base import (
-    EncodedPrompt,
-    ModelAdapter,
-    TokenMeta,
-    UnsupportedModelError,
-    VisionSegment,
-    to_pil,
-    token_boxes,
-)
+from lrs_vqa.engine.tokens import TokenMeta, VisionSegment
+from lrs_vqa.models.base import EncodedPrompt, ModelAdapter, to_pil, token_boxes
+from lrs_vqa.models.errors import UnsupportedModelError
 from pyramid.dip import Tile
 from pyramid.levels import PixelBox
 

@@ -6,12 +6,13 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
-from lrs_vqa.models.base import ModelAdapter, UnsupportedModelError
+from lrs_vqa.models.base import ModelAdapter
+from lrs_vqa.models.dtypes import torch_dtype
+from lrs_vqa.models.errors import ModelLoadError, UnsupportedModelError
 from lrs_vqa.models.largeimg import LargeImgAdapter
 from lrs_vqa.models.llava import LlavaAdapter
 from lrs_vqa.models.qwen2_vl import Qwen2VLAdapter
+from lrs_vqa.models.random_weights import is_random_tiny_model
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {}
 
@@ -30,16 +31,6 @@ register_adapter(Qwen2VLAdapter)
 # Adapters picked by the checkpoint's layout before any model-type lookup (their configs are not loadable
 # with AutoConfig): each has ``claims(source)`` and ``from_checkpoint(source, device=, dtype=)``.
 LAYOUT_ADAPTERS: list[type[LargeImgAdapter]] = [LargeImgAdapter]
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-
 
 # Short names for checkpoints that ship with the project. ``world``: the synthetic-world model
 # (lrs_vqa/world/checkpoint; trained on procedural scenes only, see its README.md model card).
@@ -67,10 +58,6 @@ def is_world_model(source: str) -> bool:
     return isinstance(data, dict) and data.get(WORLD_MARKER) is True
 
 
-class ModelLoadError(RuntimeError):
-    """The checkpoint could not be found or loaded (offline, bad path, ...)."""
-
-
 def _model_type(source: str) -> str:
     from transformers import AutoConfig
 
@@ -90,14 +77,12 @@ def load_adapter(source: str, *, device: str = "cpu", dtype: str = "float32") ->
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from lrs_vqa.engine.taps import TAP_ATTENTION
-    from lrs_vqa.tiny import is_random_tiny_model
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    resolved = torch_dtype(dtype)
     source = resolve_model(source)
     for layout_cls in LAYOUT_ADAPTERS:
         if layout_cls.claims(source):
-            return layout_cls.from_checkpoint(source, device=device, dtype=DTYPES[dtype])
+            return layout_cls.from_checkpoint(source, device=device, dtype=resolved)
     model_type = _model_type(source)
     adapter_cls = ADAPTERS.get(model_type)
     if adapter_cls is None:
@@ -107,7 +92,7 @@ def load_adapter(source: str, *, device: str = "cpu", dtype: str = "float32") ->
     try:
         processor = AutoProcessor.from_pretrained(source)
         model = AutoModelForImageTextToText.from_pretrained(
-            source, dtype=DTYPES[dtype], attn_implementation=TAP_ATTENTION
+            source, dtype=resolved, attn_implementation=TAP_ATTENTION
         ).to(device)
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

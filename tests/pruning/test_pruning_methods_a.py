@@ -28,16 +28,7 @@ from pruning.transprune import (
     transprune_scores,
 )
 from pyramid.dip import DynamicImagePyramid, PyramidOptions
-from tests.pruning.helpers import (  # noqa: F401 (fixtures are used by name)
-    LLM_LAYERS,
-    QUESTION,
-    adapters_fixture,
-    image_fixture,
-    one_thread,
-    scene_fixture,
-    stock,
-    thumbnail_prompt,
-)
+from tests.pruning.helpers import LLM_LAYERS, QUESTION, stock, thumbnail_prompt
 
 
 def py_softmax(xs: list[float]) -> list[float]:
@@ -232,7 +223,8 @@ def test_first_stage_keep_and_two_stage_plan_golden() -> None:
 
 
 def test_star_self_attention_scores_golden() -> None:
-    from pruning.star import self_attention_scores, star_stage1_keep
+    from pruning.scores import self_attention_scores
+    from pruning.star import star_stage1_keep
 
     att = torch.tensor([[[0.1, 0.4, 0.2, 0.3]], [[0.2, 0.1, 0.6, 0.1]]])  # (tiles, CLS row, 1 + 3 patches)
     tile, token = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 2, 1, 2])

@@ -52,15 +52,7 @@ from pruning.vflowopt import (
     recycle_merge,
     vision_keep,
 )
-from tests.pruning.helpers import (  # noqa: F401 (fixtures are used by name)
-    LLM_LAYERS,
-    QUESTION,
-    adapters_fixture,
-    image_fixture,
-    one_thread,
-    scene_fixture,
-    stock,
-)
+from tests.pruning.helpers import LLM_LAYERS, QUESTION, stock
 
 
 def test_describe_pruners_lists_the_three() -> None:
@@ -464,7 +456,7 @@ def test_decision_module_scores_each_vision_token_from_text_only() -> None:
 
 def test_lvpruning_refuses_without_a_checkpoint(adapters: dict[str, ModelAdapter], tmp_path: Path) -> None:
     adapter = adapters["llava"]
-    with pytest.raises(MissingCheckpointError, match=r"python -m pruning\.lvpruning train") as err:
+    with pytest.raises(MissingCheckpointError, match=r"lrs-vqa pruner-tool lvpruning train") as err:
         get_pruner("lvpruning").attach(adapter, "4")
     assert "\n" not in str(err.value)
     with pytest.raises(MissingCheckpointError):
@@ -584,20 +576,23 @@ def test_lvpruning_checkpoint_mismatch_is_a_typed_error(
 def test_offline_commands_run_on_a_tiny_model(
     adapters: dict[str, ModelAdapter], image: Image.Image, scene: Path, tmp_path: Path
 ) -> None:
-    from pruning import adaptinfer, lvpruning, vflowopt
+    from lrs_vqa.cli import main
 
     model = adapters["llava"].source
     png = tmp_path / "sample.png"
     image.save(png)
     schedule = tmp_path / "schedule.json"
-    assert adaptinfer.main(["analyse", model, str(png), "--stages", "2", "--out", str(schedule)]) == 0
+    tool = ["pruner-tool", "adaptinfer", "analyse", model, str(png), "--stages", "2", "--out", str(schedule)]
+    assert main(tool) == 0
     assert len(json.loads(schedule.read_text())["layers"]) == 2
     calibration = tmp_path / "calibration.json"
     args = ["calibrate", model, str(scene), "--budget", "4", "--trials", "2", "--out", str(calibration)]
-    assert vflowopt.main(args) == 0
+    assert main(["pruner-tool", "vflowopt", *args]) == 0
     assert len(json.loads(calibration.read_text())["trials"]) == 2
     ckpt = tmp_path / "lv"
-    assert lvpruning.main(["train", model, str(png), "--steps", "2", "--out", str(ckpt)]) == 0
+    assert (
+        main(["pruner-tool", "lvpruning", "train", model, str(png), "--steps", "2", "--out", str(ckpt)]) == 0
+    )
     assert get_pruner(f"lvpruning:checkpoint={ckpt}").attach(adapters["llava"], 4).llm_hooks
 
 
@@ -606,6 +601,9 @@ def test_module_entry_point_runs_as_a_script(adapters: dict[str, ModelAdapter], 
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "pruning.adaptinfer", "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "lrs_vqa", "pruner-tool", "adaptinfer", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0 and "analyse" in out.stdout, out.stderr

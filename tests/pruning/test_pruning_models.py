@@ -16,16 +16,7 @@ from lrs_vqa.models.base import ModelAdapter
 from lrs_vqa.tiny import FAMILIES
 from pruning import BudgetTooLargeError, BudgetUnreachableError, get_pruner
 from pyramid.dip import PyramidOptions
-from tests.pruning.helpers import (  # noqa: F401 (fixtures are used by name)
-    LLM_LAYERS,
-    QUESTION,
-    adapters_fixture,
-    image_fixture,
-    one_thread,
-    scene_fixture,
-    stock,
-    thumbnail_prompt,
-)
+from tests.pruning.helpers import LLM_LAYERS, QUESTION, stock, thumbnail_prompt
 
 LLM_PRUNERS = ["fastv", "pyramiddrop", "sparsevlm", "random:layer=2"]
 VISION_PRUNERS = ["visionzip", "divprune", "random"]

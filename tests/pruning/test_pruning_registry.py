@@ -28,7 +28,7 @@ BASELINES = {"divprune", "fastv", "pyramiddrop", "random", "sparsevlm", "visionz
 
 
 def test_every_baseline_is_registered() -> None:
-    assert set(known_pruners()) >= BASELINES & set(known_pruners())
+    assert set(known_pruners()) >= BASELINES
     assert {"fastv", "random"} <= set(known_pruners())
 
 

@@ -14,15 +14,8 @@ from pruning.divprune import cosine_distance, divprune_keep, max_min_order
 from pruning.fastv import fastv_keep, fastv_scores
 from pruning.pyramiddrop import pdrop_scores, pyramid_profile, query_row
 from pruning.random_keep import random_keep
-from pruning.sparsevlm import (
-    cluster_means,
-    dpc_knn,
-    published_shape,
-    rater_scores,
-    recycle_split,
-    select_raters,
-    stage_profile,
-)
+from pruning.recycle import cluster_means, dpc_knn, recycle_split
+from pruning.sparsevlm import published_shape, rater_scores, select_raters, stage_profile
 from pruning.visionzip import cls_dominance, contextual_count, received_dominance, visionzip_select
 
 # ------------------------------------------------------------------------------------------ shared

@@ -1,0 +1,80 @@
+"""The one registry of region scorers (``--scorer``): name → the module that builds it, and a line of help.
+
+A scorer is one module with ``@register_scorer(name)`` on its builder ``(adapter, layers) -> scorer``, plus
+its line in ``BUILTIN``; the CLI's choices and help and the web demo's radio buttons come from here. Names
+and help are read from ``BUILTIN`` without importing the scorers (the CLI stays quick to start); a scorer's
+module is imported when it is first built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lrs_vqa.models.base import ModelAdapter
+    from rfm.base import RegionScorer
+
+# (adapter, LLM layers to run or None for the scorer's default) -> scorer
+ScorerBuilder = Callable[["ModelAdapter", "int | None"], "RegionScorer"]
+
+# name -> (module that registers it, help), in the order the CLI lists them
+BUILTIN: dict[str, tuple[str, str]] = {
+    "attention": ("rfm.attention", "any model"),
+    "rfm": ("rfm.module", "trained RFM"),
+}
+
+
+class UnknownScorerError(ValueError):
+    """No scorer of that name."""
+
+
+class ScorerUnavailableError(ValueError):
+    """The scorer exists but this model cannot run it (e.g. no trained RFM weights)."""
+
+
+@dataclass(frozen=True)
+class ScorerInfo:
+    name: str
+    help: str  # a few words for --help and the web demo
+    build: ScorerBuilder
+
+
+SCORERS: dict[str, ScorerInfo] = {}
+
+
+def register_scorer(name: str, help: str | None = None) -> Callable[[ScorerBuilder], ScorerBuilder]:
+    """Decorator on a builder; ``help`` only for a scorer that is not in ``BUILTIN``."""
+
+    def deco(build: ScorerBuilder) -> ScorerBuilder:
+        if name in SCORERS and SCORERS[name].build is not build:
+            raise KeyError(f"scorer {name!r} is already registered")
+        SCORERS[name] = ScorerInfo(name, help or BUILTIN[name][1], build)
+        return build
+
+    return deco
+
+
+def scorer_names() -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*BUILTIN, *SCORERS]))
+
+
+def get_scorer(name: str) -> ScorerInfo:
+    if name not in SCORERS and name in BUILTIN:
+        importlib.import_module(BUILTIN[name][0])
+    if name not in SCORERS:
+        raise UnknownScorerError(f"unknown scorer {name!r}; choose one of {', '.join(scorer_names())}")
+    return SCORERS[name]
+
+
+def build_scorer(name: str, adapter: ModelAdapter, layers: int | None = None) -> RegionScorer:
+    """The scorer ``name`` for ``adapter``; ``UnknownScorerError`` / ``ScorerUnavailableError`` otherwise."""
+    return get_scorer(name).build(adapter, layers)
+
+
+def describe_scorers() -> str:
+    """``attention (…) | rfm (…)``: the --scorer help."""
+    helps = {**{n: h for n, (_, h) in BUILTIN.items()}, **{n: s.help for n, s in SCORERS.items()}}
+    return " | ".join(f"{n} ({h})" for n, h in helps.items())
