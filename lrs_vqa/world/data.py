@@ -117,6 +117,7 @@ class WorldSample:
     category_labels: np.ndarray  # (tiles, grid²) int64, IGNORE for the thumbnail
     color_labels: np.ndarray
     keep: np.ndarray  # (tiles, grid²) bool: tokens that survive the random drop (thumbnail: all)
+    target: np.ndarray  # (tiles, grid²) bool: tokens over the objects that hold the answer
 
 
 @dataclass(frozen=True)
@@ -159,35 +160,29 @@ def samples_from_scene(
         level = _choose_level(len(pyr.levels), rng, opt)
         lvl = pyr.levels[level]
         keys: set[tuple[int, int]] = set()
-        target_box: PixelBox | None = None
-        for oid in q.targets:
-            b = PixelBox(*pyr.scene.objects[oid].pixel_box)
+        boxes = [PixelBox(*pyr.scene.objects[oid].pixel_box) for oid in q.targets]
+        for b in boxes:
             keys.update(pyr.tiles_over(level, b))
-            target_box = (
-                b
-                if target_box is None
-                else PixelBox(
-                    min(b.x0, target_box.x0),
-                    min(b.y0, target_box.y0),
-                    max(b.x1, target_box.x1),
-                    max(b.y1, target_box.y1),
-                )
-            )
         extra = int(rng.integers(0 if keys else 1, opt.max_extra_tiles + 1))
         for _ in range(extra):
             keys.add((int(rng.integers(lvl.rows)), int(rng.integers(lvl.cols))))
         tiles = [pyr.tile(level, r, c) for r, c in sorted(keys)]
         g = opt.grid
         cats, cols, keeps = [np.full(g * g, IGNORE)], [np.full(g * g, IGNORE)], [np.ones(g * g, bool)]
+        hits = [np.zeros(g * g, bool)]
         drop = rng.random() < opt.drop_share
         share = rng.uniform(0, opt.max_drop) if drop else 0.0
         for tile in tiles:
             cat, col = pyr.patch_labels(tile, g)
             cats.append(cat)
             cols.append(col)
+            hit = np.zeros(g * g, bool)
+            for b in boxes:
+                hit |= _overlaps(tile, b, g, opt.tile_size)
             keep = rng.random(g * g) >= share
-            keep |= cat > 0 if target_box is None else _overlaps(tile, target_box, g, opt.tile_size)
+            keep |= hit if boxes else cat > 0  # a pruner that works keeps the answer's tokens
             keeps.append(keep)
+            hits.append(hit)
         out.append(
             WorldSample(
                 (pyr.thumbnail(), *tiles),
@@ -197,6 +192,7 @@ def samples_from_scene(
                 np.stack(cats),
                 np.stack(cols),
                 np.stack(keeps),
+                np.stack(hits),
             )
         )
     return out

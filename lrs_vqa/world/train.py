@@ -49,17 +49,21 @@ class TrainingError(ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1600
+    steps: int = 1200
     batch: int = 16
     lr: float = 1e-3
     warmup: int = 150
     weight_decay: float = 0.05
     aux_weight: float = 0.5
+    # Retrieval: the last prompt token's attention at LLM layer ``focus_layer`` (the attention scorer's layer),
+    # restricted to the tile tokens and averaged over heads, should fall on the answer's tokens.
+    focus_weight: float = 0.5
+    focus_layer: int = 1
     ema_decay: float = 0.998
     seed: int = 0
     samples_per_scene: int = 16  # one rendered scene per batch keeps the renderer off the critical path
     checkpoint_every: int = 200
-    eval_every: int = 250
+    eval_every: int = 200
     eval_questions: int = 256
     bf16: bool = False  # autocast; measured ~20x slower than fp32 for training on this 2-core CPU
     workers: int = 1
@@ -144,13 +148,15 @@ class Batch:
     is_vision: torch.Tensor  # (B, L) bool
     targets: torch.Tensor  # (B, L) next-token targets, IGNORE elsewhere
     attention: torch.Tensor  # (B, L) 1 = real position
+    local: torch.Tensor  # (B, L) bool: tile tokens (not the thumbnail, not newlines)
+    focus: torch.Tensor  # (B, L) bool: tile tokens over the answer's objects
     answers: list[str]
     categories: list[str]
 
 
 def collate(samples: list[WorldSample], codec: ChatCodec, cfg: WorldModelConfig) -> Batch:
     g, t = cfg.grid, cfg.tile
-    pixels, cats, cols, seqs = [], [], [], []
+    pixels, cats, cols, seqs, firsts = [], [], [], [], []
     first = 0
     for s in samples:
         for tl in s.tiles:
@@ -159,6 +165,7 @@ def collate(samples: list[WorldSample], codec: ChatCodec, cfg: WorldModelConfig)
         cats.append(np.where(valid, s.category_labels, IGNORE))
         cols.append(np.where(valid, s.color_labels, IGNORE))
         vis = vision_layout(s, g, t, first)
+        firsts.append(first)
         first += len(s.tiles) * g * g
         pre, post = codec.prompt_ids(s.prompt)
         ans = codec.answer_ids(s.question.answer)
@@ -170,7 +177,14 @@ def collate(samples: list[WorldSample], codec: ChatCodec, cfg: WorldModelConfig)
     is_vision = torch.zeros(bsz, length, dtype=torch.bool)
     targets = torch.full((bsz, length), IGNORE, dtype=torch.long)
     attention = torch.zeros(bsz, length, dtype=torch.long)
+    local = torch.zeros(bsz, length, dtype=torch.bool)
+    focus = torch.zeros(bsz, length, dtype=torch.bool)
     for i, (pre, vis, post, ans) in enumerate(seqs):
+        s_first, target = firsts[i], samples[i].target.reshape(-1)
+        for j, r in enumerate(vis):
+            if r >= s_first + g * g:  # a tile token (rows past the sample's thumbnail)
+                local[i, len(pre) + j] = True
+                focus[i, len(pre) + j] = bool(target[r - s_first])
         vis_rows = [newline_row if r < 0 else r for r in vis]
         row = pre + vis_rows + post + ans
         n = len(row)
@@ -189,6 +203,8 @@ def collate(samples: list[WorldSample], codec: ChatCodec, cfg: WorldModelConfig)
         is_vision,
         targets,
         attention,
+        local,
+        focus,
         [s.question.answer for s in samples],
         [s.question.category for s in samples],
     )
@@ -235,8 +251,11 @@ class AuxHeads(torch.nn.Module):
         self.color = torch.nn.Linear(dim, 1 + len(COLORS))
 
 
-def forward(model: torch.nn.Module, aux: AuxHeads, batch: Batch) -> dict[str, torch.Tensor]:
-    """Losses and answer logits of one batch, through the stock modules in the engine's order."""
+def forward(
+    model: torch.nn.Module, aux: AuxHeads, batch: Batch, focus_layer: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Losses and answer logits of one batch, through the stock modules in the engine's order (with
+    ``focus_layer``, the LLM must run eager attention so that layer's weights come back)."""
     m = model.model
     feats = m.vision_tower(batch.pixels, output_hidden_states=True).hidden_states[
         model.config.vision_feature_layer
@@ -251,11 +270,32 @@ def forward(model: torch.nn.Module, aux: AuxHeads, batch: Batch) -> dict[str, to
     text = m.language_model.embed_tokens(torch.where(batch.is_vision, 0, batch.source))
     vis = table[torch.where(batch.is_vision, batch.source, 0)]
     embeds = torch.where(batch.is_vision[..., None], vis.to(text.dtype), text)
-    hidden = m.language_model(inputs_embeds=embeds, attention_mask=batch.attention).last_hidden_state
+    out = m.language_model(
+        inputs_embeds=embeds, attention_mask=batch.attention, output_attentions=focus_layer is not None
+    )
     where = batch.targets != IGNORE
-    logits = model.lm_head(hidden[where]).float()
+    logits = model.lm_head(out.last_hidden_state[where]).float()
     lm_loss = F.cross_entropy(logits, batch.targets[where])
-    return {"lm": lm_loss, "aux": aux_loss, "logits": logits, "where": where}
+    res = {"lm": lm_loss, "aux": aux_loss, "logits": logits, "where": where}
+    if focus_layer is not None:
+        res["focus"] = focus_loss(out.attentions[focus_layer], batch)
+    return res
+
+
+def focus_loss(attn: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """-log of the attention mass the last prompt token puts on the answer's tokens, with the softmax
+    restricted to the tile tokens and averaged over heads — what the attention scorer reads."""
+    losses = []
+    last = (batch.targets != IGNORE).float().argmax(1)  # the position that predicts the first answer token
+    for i in range(attn.shape[0]):
+        if not batch.focus[i].any():
+            continue
+        row = attn[i, :, int(last[i])].float()  # (heads, L)
+        local = row[:, batch.local[i]]
+        restricted = local / local.sum(-1, keepdim=True).clamp_min(1e-12)
+        mass = restricted[:, batch.focus[i][batch.local[i]]].sum(-1).mean()
+        losses.append(-torch.log(mass.clamp_min(1e-6)))
+    return torch.stack(losses).mean() if losses else attn.new_zeros(())
 
 
 def answer_accuracy(logits: torch.Tensor, batch: Batch) -> list[bool]:
@@ -319,6 +359,8 @@ def train_world_model(
     state_path = out / CHECKPOINT
     torch.manual_seed(cfg.seed)
     model, processor = build_world_model(cfg.model, seed=cfg.seed)
+    if cfg.focus_weight:  # the focus loss reads one layer's attention weights: SDPA does not return them
+        model.model.language_model.config._attn_implementation = "eager"
     aux = AuxHeads(cfg.model.vision_hidden)
     params = [*model.parameters(), *aux.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -348,8 +390,8 @@ def train_world_model(
     for batch in loader:
         sched.step(step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            res = forward(model, aux, batch)
-        loss = res["lm"] + cfg.aux_weight * res["aux"]
+            res = forward(model, aux, batch, cfg.focus_layer if cfg.focus_weight else None)
+        loss = res["lm"] + cfg.aux_weight * res["aux"] + cfg.focus_weight * res.get("focus", 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -361,6 +403,7 @@ def train_world_model(
             "step": step,
             "lm": round(float(res["lm"].detach()), 4),
             "aux": round(float(res["aux"].detach()), 4),
+            "focus": round(float(res["focus"].detach()), 4) if "focus" in res else None,
             "train_acc": acc,
             "lr": opt.param_groups[0]["lr"],
             "seconds": round(time.time() - t0, 1),
@@ -457,6 +500,7 @@ def _export(model: torch.nn.Module, processor: object, folder: Path, cfg: TrainC
         import shutil
 
         shutil.rmtree(tmp)
+    model.model.language_model.config._attn_implementation = "sdpa"  # eager was for training only
     model.config.lrs_vqa_world_training = {"steps": step, "seed": cfg.seed, "batch": cfg.batch}
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)  # type: ignore[attr-defined]
@@ -558,7 +602,9 @@ def plot_curve(log: Path, png: Path) -> None:
     rows = list({r["step"]: r for r in rows}.values())  # a resumed run re-logs nothing, but be safe
     steps = np.array([r["step"] for r in rows])
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key in ("lm", "aux"):
+    for key in ("lm", "aux", "focus"):
+        if any(r.get(key) is None for r in rows):
+            continue
         v = np.array([r[key] for r in rows])
         k = max(1, len(v) // 50)
         a.plot(steps[k - 1 :], np.convolve(v, np.ones(k) / k, mode="valid"), label=f"{key} loss")
