@@ -28,3 +28,4 @@ bench: setup
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/engine_bench.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/c2f_bench.py
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/pruning_bench.py --write-results
+	HF_HUB_OFFLINE=1 .venv/bin/python bench/world_bench.py --write-results

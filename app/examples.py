@@ -1,12 +1,15 @@
-"""Bundled examples: small synthetic georeferenced scenes, generated into a cache folder at first start
-(never committed as binaries)."""
+"""Bundled examples: small synthetic-world scenes (``pyramid.world``) with a question each and its ground
+truth, generated into a cache folder at first start (never committed as binaries)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyramid.synth import synthesize_scene
+import numpy as np
+
+from lrs_vqa.world.questions import SUFFIX, questions_for
+from pyramid.world import compose_world, synthesize_world
 
 
 @dataclass(frozen=True)
@@ -14,18 +17,35 @@ class Example:
     name: str
     size: tuple[int, int]
     seed: int
-    question: str
+    category: str  # which of the scene's questions is offered
+
+    @property
+    def question(self) -> str:
+        return self._question()[0]
+
+    @property
+    def ground_truth(self) -> str:
+        return self._question()[1]
+
+    def _question(self) -> tuple[str, str]:
+        scene, _ = compose_world(*self.size, self.seed)
+        qs = [
+            q
+            for q in questions_for(scene, np.random.default_rng([self.seed, 21]))
+            if q.category == self.category
+        ]
+        return qs[0].text + SUFFIX, qs[0].answer  # the LRS-VQA prompt, as the world model was trained
 
 
 EXAMPLES = (
-    Example("scene-2048 (synthetic, 2048×2048)", (2048, 2048), 7, "How many cars are in the image?"),
-    Example("scene-1600x1024 (synthetic)", (1600, 1024), 3, "Is there a ship near the harbour?"),
+    Example("world-2048 (synthetic world, 2048×2048)", (2048, 2048), 7, "object color"),
+    Example("world-1600x1024 (synthetic world)", (1600, 1024), 3, "rural or urban"),
 )
 
 
 def _file_name(example: Example) -> str:
     w, h = example.size
-    return f"scene_{w}x{h}_s{example.seed}.tif"
+    return f"world_{w}x{h}_s{example.seed}.tif"
 
 
 def ensure_examples(folder: Path) -> dict[str, Path]:
@@ -36,10 +56,8 @@ def ensure_examples(folder: Path) -> dict[str, Path]:
         path = folder / _file_name(example)
         if not path.is_file():
             tmp = folder / f".{path.name}.partial.tif"
-            synthesize_scene(tmp, example.size, seed=example.seed)
+            synthesize_world(tmp, example.size, seed=example.seed)
+            tmp.with_suffix(".json").replace(path.with_suffix(".json"))
             tmp.replace(path)
-            sidecar = tmp.with_suffix(".json")
-            if sidecar.is_file():
-                sidecar.replace(path.with_suffix(".json"))
         out[example.name] = path
     return out

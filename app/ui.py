@@ -214,6 +214,16 @@ def _intro(config: ServeConfig) -> str:
     )
 
 
+def _truth(name: str | None) -> str:
+    ex = next((e for e in EXAMPLES if e.name == name), None)
+    return f"Ground truth of this example: **{ex.ground_truth}**" if ex is not None else ""
+
+
+def _example_question(name: str | None) -> tuple[str, str]:
+    ex = next((e for e in EXAMPLES if e.name == name), None)
+    return (ex.question if ex is not None else gr.skip()), _truth(name)
+
+
 def build_demo(config: ServeConfig) -> gr.Blocks:
     examples = ensure_examples(config.examples_dir)
     asker = Asker(config, examples)
@@ -239,6 +249,9 @@ def build_demo(config: ServeConfig) -> gr.Blocks:
                     elem_id="server-path",
                 )
                 question = gr.Textbox(label="Question", value=first.question, elem_id="question")
+                truth = gr.Markdown(_truth(first.name), elem_id="ground-truth")
+                # Picking an example asks its question, and shows the answer the scene knows.
+                example.change(_example_question, inputs=example, outputs=[question, truth])
                 with gr.Accordion("Settings", open=False):
                     model = gr.Dropdown(
                         choices=list(config.models), value=config.models[0], label="Model", elem_id="model"

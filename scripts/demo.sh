@@ -30,7 +30,8 @@ print(row["ground_truth"])
 PY
 )
 echo "question: $QUESTION"
-$CLI ask "$SCENE" "$QUESTION" --model "$MODEL" --evidence "$OUT/evidence.geojson" --heatmap "$OUT/heatmap.png"
+# The LRS-VQA prompt suffix, as the benchmark (and the world model's training) asks every question.
+$CLI ask "$SCENE" "$QUESTION"$'\n'" Answer the question using a single word or phrase." --model "$MODEL" --evidence "$OUT/evidence.geojson" --heatmap "$OUT/heatmap.png"
 echo "ground truth: $TRUTH"
 echo "tiles the model read, as GeoJSON (open it in QGIS): $OUT/evidence.geojson"
 echo "where the question pointed (coarse-level scores, zoomed tiles outlined): $OUT/heatmap.png"

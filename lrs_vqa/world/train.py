@@ -55,8 +55,8 @@ class TrainConfig:
     warmup: int = 150
     weight_decay: float = 0.05
     aux_weight: float = 0.5
-    # Retrieval: the last prompt token's attention at LLM layer ``focus_layer`` (the attention scorer's layer),
-    # restricted to the tile tokens and averaged over heads, should fall on the answer's tokens.
+    # Retrieval: the last prompt token's attention at LLM layer ``focus_layer`` (the attention scorer's
+    # layer), restricted to the tile tokens and averaged over heads, should fall on the answer's tokens.
     focus_weight: float = 0.5
     focus_layer: int = 1
     ema_decay: float = 0.998
@@ -254,8 +254,8 @@ class AuxHeads(torch.nn.Module):
 def forward(
     model: torch.nn.Module, aux: AuxHeads, batch: Batch, focus_layer: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """Losses and answer logits of one batch, through the stock modules in the engine's order (with
-    ``focus_layer``, the LLM must run eager attention so that layer's weights come back)."""
+    """Losses and answer logits of one batch, through the stock modules in the engine's order; with
+    ``focus_layer``, also the focus loss on that layer's last-prompt-token attention."""
     m = model.model
     feats = m.vision_tower(batch.pixels, output_hidden_states=True).hidden_states[
         model.config.vision_feature_layer
@@ -270,32 +270,65 @@ def forward(
     text = m.language_model.embed_tokens(torch.where(batch.is_vision, 0, batch.source))
     vis = table[torch.where(batch.is_vision, batch.source, 0)]
     embeds = torch.where(batch.is_vision[..., None], vis.to(text.dtype), text)
-    out = m.language_model(
-        inputs_embeds=embeds, attention_mask=batch.attention, output_attentions=focus_layer is not None
-    )
+    last = (batch.targets != IGNORE).float().argmax(1)  # the position that predicts the first answer token
+    captured: dict[str, object] = {}
+    handle = None
+    if focus_layer is not None:  # the layer's attention input, to recompute one softmax row per sample
+
+        def grab(_mod: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            captured["hidden"] = kwargs.get("hidden_states", args[0] if args else None)
+            captured["rope"] = kwargs.get("position_embeddings", args[1] if len(args) > 1 else None)
+
+        attn_mod = m.language_model.layers[focus_layer].self_attn
+        handle = attn_mod.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        out = m.language_model(inputs_embeds=embeds, attention_mask=batch.attention)
+    finally:
+        if handle is not None:
+            handle.remove()
     where = batch.targets != IGNORE
     logits = model.lm_head(out.last_hidden_state[where]).float()
     lm_loss = F.cross_entropy(logits, batch.targets[where])
     res = {"lm": lm_loss, "aux": aux_loss, "logits": logits, "where": where}
     if focus_layer is not None:
-        res["focus"] = focus_loss(out.attentions[focus_layer], batch)
+        rows = last_row_attention(attn_mod, captured["hidden"], captured["rope"], last)  # type: ignore[arg-type]
+        res["focus"] = focus_loss(rows, batch)
     return res
 
 
-def focus_loss(attn: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """-log of the attention mass the last prompt token puts on the answer's tokens, with the softmax
-    restricted to the tile tokens and averaged over heads — what the attention scorer reads."""
+def last_row_attention(
+    attn: torch.nn.Module, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], last: torch.Tensor
+) -> torch.Tensor:
+    """(B, heads, L) softmax attention of position ``last[b]`` over positions ``0..last[b]`` (causal), from
+    the layer's own projections and rotary embedding — the row SDPA computed but does not return."""
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+    b, length, _ = hidden.shape
+    hd = attn.head_dim
+    q = attn.q_proj(hidden).view(b, length, -1, hd).transpose(1, 2)  # (B, H, L, hd)
+    k = attn.k_proj(hidden).view(b, length, -1, hd).transpose(1, 2)  # (B, KV, L, hd)
+    cos, sin = rope
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    qi = q[torch.arange(b), :, last]  # (B, H, hd)
+    logits = torch.einsum("bhd,bhld->bhl", qi, k).float() * attn.scaling
+    future = torch.arange(length)[None, :] > last[:, None]
+    return torch.softmax(logits.masked_fill(future[:, None, :], float("-inf")), -1)
+
+
+def focus_loss(rows: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """-log of the attention mass the last prompt token puts on the answer's tokens (``rows``: that token's
+    (B, heads, L) attention), with the softmax restricted to the tile tokens and averaged over heads — what
+    the attention scorer reads."""
     losses = []
-    last = (batch.targets != IGNORE).float().argmax(1)  # the position that predicts the first answer token
-    for i in range(attn.shape[0]):
+    for i in range(rows.shape[0]):
         if not batch.focus[i].any():
             continue
-        row = attn[i, :, int(last[i])].float()  # (heads, L)
-        local = row[:, batch.local[i]]
+        local = rows[i][:, batch.local[i]]
         restricted = local / local.sum(-1, keepdim=True).clamp_min(1e-12)
         mass = restricted[:, batch.focus[i][batch.local[i]]].sum(-1).mean()
         losses.append(-torch.log(mass.clamp_min(1e-6)))
-    return torch.stack(losses).mean() if losses else attn.new_zeros(())
+    return torch.stack(losses).mean() if losses else rows.new_zeros(())
 
 
 def answer_accuracy(logits: torch.Tensor, batch: Batch) -> list[bool]:
@@ -359,8 +392,6 @@ def train_world_model(
     state_path = out / CHECKPOINT
     torch.manual_seed(cfg.seed)
     model, processor = build_world_model(cfg.model, seed=cfg.seed)
-    if cfg.focus_weight:  # the focus loss reads one layer's attention weights: SDPA does not return them
-        model.model.language_model.config._attn_implementation = "eager"
     aux = AuxHeads(cfg.model.vision_hidden)
     params = [*model.parameters(), *aux.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -500,7 +531,6 @@ def _export(model: torch.nn.Module, processor: object, folder: Path, cfg: TrainC
         import shutil
 
         shutil.rmtree(tmp)
-    model.model.language_model.config._attn_implementation = "sdpa"  # eager was for training only
     model.config.lrs_vqa_world_training = {"steps": step, "seed": cfg.seed, "batch": cfg.batch}
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)  # type: ignore[attr-defined]
@@ -568,8 +598,10 @@ Image Pyramid, the coarse-to-fine loop, the token pruners — can be measured ag
 * **Training**: from scratch, `lrs-vqa train-world-model --out DIR --seed {cfg.seed}` ({step} steps of
   {cfg.batch} samples, AdamW lr {cfg.lr} with timm's cosine schedule and {cfg.warmup} warm-up steps,
   weight decay {cfg.weight_decay}, timm EMA {cfg.ema_decay} — the EMA weights are these; dense auxiliary
-  per-token category and colour heads (weight {cfg.aux_weight}, not part of this checkpoint); tile tokens
-  randomly thinned in {cfg.data.drop_share:.0%} of samples). {seconds / 60:.0f} minutes on a 2-core CPU.
+  per-token category and colour heads (weight {cfg.aux_weight}, not part of this checkpoint); a focus loss
+  (weight {cfg.focus_weight}) that puts the last prompt token's attention at LLM layer {cfg.focus_layer + 1} — the
+  attention scorer's layer — on the answer's tokens; tile tokens randomly thinned in
+  {cfg.data.drop_share:.0%} of samples). {seconds / 60:.0f} minutes on a 2-core CPU.
 * **Data**: every sample is rendered on the fly from a scene seed at or above 2**32 drawn from
   `(seed, batch index)` (scenes of {cfg.data.min_size}-{cfg.data.max_size} px): the thumbnail plus
   1-{cfg.data.max_extra_tiles + 1}+ tiles of one pyramid level (the asked object's tiles among them), the
