@@ -598,10 +598,10 @@ Image Pyramid, the coarse-to-fine loop, the token pruners — can be measured ag
 * **Training**: from scratch, `lrs-vqa train-world-model --out DIR --seed {cfg.seed}` ({step} steps of
   {cfg.batch} samples, AdamW lr {cfg.lr} with timm's cosine schedule and {cfg.warmup} warm-up steps,
   weight decay {cfg.weight_decay}, timm EMA {cfg.ema_decay} — the EMA weights are these; dense auxiliary
-  per-token category and colour heads (weight {cfg.aux_weight}, not part of this checkpoint); a focus loss
-  (weight {cfg.focus_weight}) that puts the last prompt token's attention at LLM layer {cfg.focus_layer + 1} — the
-  attention scorer's layer — on the answer's tokens; tile tokens randomly thinned in
-  {cfg.data.drop_share:.0%} of samples). {seconds / 60:.0f} minutes on a 2-core CPU.
+  per-token category and colour heads (weight {cfg.aux_weight}, not part of this checkpoint); a focus
+  loss (weight {cfg.focus_weight}) that puts the last prompt token's attention at LLM layer
+  {cfg.focus_layer + 1} — the attention scorer's layer — on the answer's tokens; tile tokens randomly
+  thinned in {cfg.data.drop_share:.0%} of samples). {seconds / 60:.0f} minutes on a 2-core CPU.
 * **Data**: every sample is rendered on the fly from a scene seed at or above 2**32 drawn from
   `(seed, batch index)` (scenes of {cfg.data.min_size}-{cfg.data.max_size} px): the thumbnail plus
   1-{cfg.data.max_extra_tiles + 1}+ tiles of one pyramid level (the asked object's tiles among them), the

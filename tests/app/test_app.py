@@ -29,7 +29,7 @@ from lrs_vqa.options import AskOptions  # noqa: E402
 from pyramid.synth import synthesize_scene  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-QUESTION = "How many cars are in the image?"
+QUESTION = EXAMPLES[0].question  # the question box starts with the first example's
 
 
 def free_port() -> int:
@@ -272,6 +272,11 @@ def test_browser_upload_ask_and_see_the_results(
             # the annotated overview: the picture and one legend entry per level read
             overview = page.locator("#overview")
             overview.locator("img").first.wait_for(timeout=30_000)
+            # the element appears before its picture has loaded: wait for the pixels, then check them
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#overview img'); return i && i.naturalWidth; }",
+                timeout=30_000,
+            )
             assert overview.locator("img").first.evaluate("img => img.naturalWidth") > 0
             overview.get_by_text("level 0").first.wait_for(timeout=30_000)
             # the downloads: both links appear, and the evidence downloads as GeoJSON
