@@ -21,17 +21,21 @@ $CLI preview "$SCENE" "$OUT/pyramid.png" --objects "$SIDECAR"
 echo "overview with the pyramid's tile grids and the scene's objects: $OUT/pyramid.png"
 
 # The demo question: the scene's first "object color" question (a needle tens of pixels wide).
-{ read -r QUESTION; read -r TRUTH; } < <(.venv/bin/python - "$OUT/world/LRS_VQA_merged.jsonl" <<'PY'
+{ read -r QUESTION; read -r TRUTH; read -r BOX; } < <(.venv/bin/python - "$OUT/world/LRS_VQA_merged.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(x) for x in open(sys.argv[1])]
 row = next(r for r in rows if r["category"] == "object color")
 print(row["text"].split("\n")[0])
 print(row["ground_truth"])
+print(",".join(str(v) for v in row["target_boxes"][0]))
 PY
 )
 echo "question: $QUESTION"
 # The LRS-VQA prompt suffix, as the benchmark (and the world model's training) asks every question.
 $CLI ask "$SCENE" "$QUESTION"$'\n'" Answer the question using a single word or phrase." --model "$MODEL" --evidence "$OUT/evidence.geojson" --heatmap "$OUT/heatmap.png"
-echo "ground truth: $TRUTH"
+echo "ground truth: $TRUTH  (above: the coarse-to-fine answer)"
+echo "the same question shown the native tiles under the object's true box (the oracle, --strategy region):"
+$CLI ask "$SCENE" "$QUESTION"$'\n'" Answer the question using a single word or phrase." --model "$MODEL" \
+  --strategy region --box "$BOX"
 echo "tiles the model read, as GeoJSON (open it in QGIS): $OUT/evidence.geojson"
 echo "where the question pointed (coarse-level scores, zoomed tiles outlined): $OUT/heatmap.png"
