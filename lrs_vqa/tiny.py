@@ -299,28 +299,18 @@ def _onevision_pinpoints() -> list[list[int]]:
     return [[_IMAGE_SIZE * i, _IMAGE_SIZE * j] for i in range(1, 7) for j in range(1, 7)]
 
 
-def _build_llava_onevision(tok):
+def onevision_model_and_processor(tok, vision, text, tile: int, pinpoints: list[list[int]]):
+    """A LLaVA-OneVision model (random weights from the global RNG) and its processor around ``vision`` and
+    ``text`` configs, with ``tile`` px tiles and the processor's anyres grid ``pinpoints``; the layout the
+    tiny test models and the world model share."""
     from transformers import (
         LlavaOnevisionConfig,
         LlavaOnevisionForConditionalGeneration,
         LlavaOnevisionImageProcessor,
         LlavaOnevisionProcessor,
         LlavaOnevisionVideoProcessor,
-        Qwen2Config,
-        SiglipVisionConfig,
     )
 
-    vision = SiglipVisionConfig(
-        hidden_size=_VISION_HIDDEN,
-        intermediate_size=2 * _VISION_HIDDEN,
-        num_hidden_layers=_VISION_LAYERS,
-        num_attention_heads=_VISION_HEADS,
-        image_size=_IMAGE_SIZE,
-        patch_size=_PATCH,
-        vision_use_head=False,
-    )
-    text = Qwen2Config(**_text_kwargs(tok, "llava_onevision"))
-    pinpoints = _onevision_pinpoints()
     cfg = LlavaOnevisionConfig(
         vision_config=vision,
         text_config=text,
@@ -333,18 +323,33 @@ def _build_llava_onevision(tok):
         tie_word_embeddings=False,
     )
     model = LlavaOnevisionForConditionalGeneration(cfg)
-    size = {"height": _IMAGE_SIZE, "width": _IMAGE_SIZE}
-    image_processor = LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pinpoints)
-    video_processor = LlavaOnevisionVideoProcessor(size=size)
+    size = {"height": tile, "width": tile}
     processor = LlavaOnevisionProcessor(
-        image_processor=image_processor,
+        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pinpoints),
         tokenizer=tok,
-        video_processor=video_processor,
-        num_image_tokens=(_IMAGE_SIZE // _PATCH) ** 2,
+        video_processor=LlavaOnevisionVideoProcessor(size=size),
+        num_image_tokens=(tile // vision.patch_size) ** 2,
         vision_feature_select_strategy="full",
         vision_aspect_ratio="anyres_max_9",
         chat_template=_CHATML_LLAVA_TEMPLATE,
     )
+    return model, processor
+
+
+def _build_llava_onevision(tok):
+    from transformers import Qwen2Config, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(
+        hidden_size=_VISION_HIDDEN,
+        intermediate_size=2 * _VISION_HIDDEN,
+        num_hidden_layers=_VISION_LAYERS,
+        num_attention_heads=_VISION_HEADS,
+        image_size=_IMAGE_SIZE,
+        patch_size=_PATCH,
+        vision_use_head=False,
+    )
+    text = Qwen2Config(**_text_kwargs(tok, "llava_onevision"))
+    model, processor = onevision_model_and_processor(tok, vision, text, _IMAGE_SIZE, _onevision_pinpoints())
     return model, processor, _IMAGE_SIZE
 
 
@@ -394,6 +399,22 @@ def _build_qwen2_vl(tok):
     return model, processor, 2 * _PATCH * 2  # 56 px: the smallest image (2×2 merged patches)
 
 
+def generation_config(tok, family: str):
+    """End of turn, padding, and the tokens a model must never emit: placeholders, ``<|im_start|>`` and
+    ``<unk>`` (an under-trained model happily emits them; downstream code that re-feeds an answer would then
+    see stray image tokens)."""
+    from transformers import GenerationConfig
+
+    spec = _family_specials(family)
+    suppress = [spec["unk"], "<|im_start|>", *spec["extra"].values()]
+    return GenerationConfig(
+        bos_token_id=tok.convert_tokens_to_ids(spec["bos"]),
+        eos_token_id=tok.convert_tokens_to_ids(spec["eos"]),
+        pad_token_id=tok.convert_tokens_to_ids(spec["pad"]),
+        suppress_tokens=sorted({tok.convert_tokens_to_ids(t) for t in suppress}),
+    )
+
+
 _BUILDERS = {"llava": _build_llava, "llava_onevision": _build_llava_onevision, "qwen2_vl": _build_qwen2_vl}
 
 
@@ -415,7 +436,6 @@ def make_tiny_model(
         raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace it")
 
     import torch
-    from transformers import GenerationConfig
 
     tok = _build_tokenizer(family)
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG state untouched
@@ -425,16 +445,7 @@ def make_tiny_model(
 
     setattr(model.config, MARKER_KEY, True)
     model.config.lrs_vqa_tiny_seed = int(seed)
-    spec = _family_specials(family)
-    # Random weights happily emit placeholder tokens; a real model never does, and downstream code that
-    # re-feeds an answer would then see stray image tokens. Suppress them (and <unk>) at generation time.
-    suppress = [spec["unk"], "<|im_start|>", *(t for t in spec["extra"].values())]
-    model.generation_config = GenerationConfig(
-        bos_token_id=tok.convert_tokens_to_ids(spec["bos"]),
-        eos_token_id=tok.convert_tokens_to_ids(spec["eos"]),
-        pad_token_id=tok.convert_tokens_to_ids(spec["pad"]),
-        suppress_tokens=sorted({tok.convert_tokens_to_ids(t) for t in suppress}),
-    )
+    model.generation_config = generation_config(tok, family)
 
     if out.is_dir() and any(out.iterdir()):
         shutil.rmtree(out)  # overwrite=True: everything in out_dir is replaced

@@ -181,31 +181,24 @@ def _shape_polygons(category: str, rng: np.random.Generator, scale: float) -> tu
         return [hull], length
     if category == "storage_tank":
         d = rng.uniform(18, 26) * s
-        t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
-        return [np.stack([np.cos(t), np.sin(t)], 1) * d / 2], d
+        return [_unit_circle() * d / 2], d
     if category == "car":
         length, width = rng.uniform(24, 30) * s, rng.uniform(12, 15) * s
-        body = np.array(
-            [
-                [-length / 2, -width / 2],
-                [length / 2, -width / 2],
-                [length / 2, width / 2],
-                [-length / 2, width / 2],
-            ]
-        )
-        return [body], length
+        return [_rect(-length / 2, -width / 2, length / 2, width / 2)], length
     if category == "building":
         length, width = rng.uniform(28, 48) * s, rng.uniform(22, 36) * s
-        roof = np.array(
-            [
-                [-length / 2, -width / 2],
-                [length / 2, -width / 2],
-                [length / 2, width / 2],
-                [-length / 2, width / 2],
-            ]
-        )
-        return [roof], max(length, width)
+        return [_rect(-length / 2, -width / 2, length / 2, width / 2)], max(length, width)
     raise ValueError(f"unknown category {category!r}")
+
+
+def _rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """The corners of an axis-aligned rectangle, clockwise from (x0, y0)."""
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+
+
+def _unit_circle(n: int = 32) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([np.cos(t), np.sin(t)], 1)
 
 
 def _detail_polygons(category: str, polys: list[np.ndarray]) -> list[np.ndarray]:
@@ -215,35 +208,14 @@ def _detail_polygons(category: str, polys: list[np.ndarray]) -> list[np.ndarray]
     length, width = xs.max() - xs.min(), ys.max() - ys.min()
     if category == "car":  # windscreen band a third from the front
         x = xs.max() - length * 0.34
-        return [
-            np.array(
-                [
-                    [x, -width * 0.4],
-                    [x + length * 0.12, -width * 0.4],
-                    [x + length * 0.12, width * 0.4],
-                    [x, width * 0.4],
-                ]
-            )
-        ]
+        return [_rect(x, -width * 0.4, x + length * 0.12, width * 0.4)]
     if category == "building":  # ridge along the long axis
-        return [
-            np.array([[xs.min() + 2, -1.2], [xs.max() - 2, -1.2], [xs.max() - 2, 1.2], [xs.min() + 2, 1.2]])
-        ]
+        return [_rect(xs.min() + 2, -1.2, xs.max() - 2, 1.2)]
     if category == "ship":  # deck house aft of centre
-        return [
-            np.array(
-                [
-                    [-length * 0.3, -width * 0.22],
-                    [-length * 0.08, -width * 0.22],
-                    [-length * 0.08, width * 0.22],
-                    [-length * 0.3, width * 0.22],
-                ]
-            )
-        ]
+        return [_rect(-length * 0.3, -width * 0.22, -length * 0.08, width * 0.22)]
     if category == "storage_tank":  # the shadowed rim's inner edge: a ring
         r = width / 2
-        t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
-        return [np.stack([np.cos(t), np.sin(t)], 1) * r * 0.62]
+        return [_unit_circle() * r * 0.62]
     return []
 
 
@@ -364,7 +336,7 @@ def compose_world(
             if at is None:
                 continue
             x, y = at
-            add_context("pad", np.array([[x, y], [x + pad_w, y], [x + pad_w, y + pad_h], [x, y + pad_h]]))
+            add_context("pad", _rect(x, y, x + pad_w, y + pad_h))
             for i, (polys, _) in enumerate(shapes):
                 cx = x + d * 0.3 + (i % cols + 0.5) * d * 1.35 + rng.uniform(-1, 1)
                 cy = y + d * 0.3 + (i // cols + 0.5) * d * 1.35 + rng.uniform(-1, 1)
@@ -392,9 +364,7 @@ def compose_world(
                 t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
                 add_context("water", np.stack([cx + np.cos(t) * ctx_w / 2, cy + np.sin(t) * ctx_h / 2], 1), 2)
             else:
-                add_context(
-                    context, np.array([[x, y], [x + ctx_w, y], [x + ctx_w, y + ctx_h], [x, y + ctx_h]])
-                )
+                add_context(context, _rect(x, y, x + ctx_w, y + ctx_h))
             if context == "street":  # off-centre: cars keep to a lane
                 lane = size * 0.18 * (1 if rng.random() < 0.5 else -1)
                 cx, cy = (cx, cy + lane) if ctx_w > ctx_h else (cx + lane, cy)

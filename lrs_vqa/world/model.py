@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from lrs_vqa.tiny import _CHATML_LLAVA_TEMPLATE, _build_tokenizer, _family_specials
+from lrs_vqa.tiny import _build_tokenizer, _family_specials, generation_config, onevision_model_and_processor
 
 MARKER_KEY = "lrs_vqa_world_model"  # config.json flag: trained on synthetic world scenes only
 
@@ -39,16 +39,7 @@ class WorldModelConfig:
 
 def build_world_model(cfg: WorldModelConfig, seed: int = 0) -> tuple[torch.nn.Module, object]:
     """A freshly initialised model and its processor (random weights until trained)."""
-    from transformers import (
-        GenerationConfig,
-        LlavaOnevisionConfig,
-        LlavaOnevisionForConditionalGeneration,
-        LlavaOnevisionImageProcessor,
-        LlavaOnevisionProcessor,
-        LlavaOnevisionVideoProcessor,
-        Qwen2Config,
-        SiglipVisionConfig,
-    )
+    from transformers import Qwen2Config, SiglipVisionConfig
 
     tok = _build_tokenizer("llava_onevision")
     spec = _family_specials("llava_onevision")
@@ -76,37 +67,11 @@ def build_world_model(cfg: WorldModelConfig, seed: int = 0) -> tuple[torch.nn.Mo
     )
     # The processor's own anyres grid (the `anyres` strategy): up to 3×3 tiles, as the coarse level.
     pinpoints = [[cfg.tile * i, cfg.tile * j] for i in range(1, 4) for j in range(1, 4)]
-    config = LlavaOnevisionConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-        video_token_index=tok.convert_tokens_to_ids("<video>"),
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="full",
-        image_grid_pinpoints=pinpoints,
-        vision_aspect_ratio="anyres_max_9",
-        tie_word_embeddings=False,
-    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlavaOnevisionForConditionalGeneration(config).float()
+        model, processor = onevision_model_and_processor(tok, vision, text, cfg.tile, pinpoints)
+    model = model.float()
     setattr(model.config, MARKER_KEY, True)
     model.config.lrs_vqa_world_config = asdict(cfg)
-    suppress = [spec["unk"], "<|im_start|>", *spec["extra"].values()]
-    model.generation_config = GenerationConfig(
-        bos_token_id=text.bos_token_id,
-        eos_token_id=text.eos_token_id,
-        pad_token_id=text.pad_token_id,
-        suppress_tokens=sorted({tok.convert_tokens_to_ids(t) for t in suppress}),
-    )
-    size = {"height": cfg.tile, "width": cfg.tile}
-    processor = LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pinpoints),
-        tokenizer=tok,
-        video_processor=LlavaOnevisionVideoProcessor(size=size),
-        num_image_tokens=cfg.grid**2,
-        vision_feature_select_strategy="full",
-        vision_aspect_ratio="anyres_max_9",
-        chat_template=_CHATML_LLAVA_TEMPLATE,
-    )
+    model.generation_config = generation_config(tok, "llava_onevision")
     return model, processor
