@@ -29,14 +29,14 @@ TRAIN_SEED_BASE = 2**32
 HOLDOUT_SEED_BASE = 2**31
 IGNORE = -100
 # How often each question category is drawn (counts are rarer: one cluster per scene at most).
-CATEGORY_WEIGHTS = {
-    "object color": 0.27,
-    "object category": 0.25,
-    "object presence": 0.25,
-    "count": 0.10,
-    "rural or urban": 0.13,
-}
-assert set(CATEGORY_WEIGHTS) == set(QUESTION_CATEGORIES)
+CATEGORY_WEIGHTS = (
+    ("object color", 0.22),
+    ("object category", 0.28),
+    ("object presence", 0.22),
+    ("count", 0.12),
+    ("rural or urban", 0.16),
+)
+assert {c for c, _ in CATEGORY_WEIGHTS} == set(QUESTION_CATEGORIES)
 
 
 class MemoryPyramid:
@@ -130,11 +130,17 @@ class SampleOptions:
     native_share: float = 0.6  # tiles from the native level; then the next one; then any coarser one
     drop_share: float = 0.5  # samples whose tile tokens are randomly thinned (robustness to pruning)
     max_drop: float = 0.8
+    question_weights: tuple[tuple[str, float], ...] = CATEGORY_WEIGHTS
 
 
-def _choose_question(questions: list[WorldQuestion], rng: np.random.Generator) -> WorldQuestion:
-    cats = [c for c in CATEGORY_WEIGHTS if any(q.category == c for q in questions)]
-    p = np.array([CATEGORY_WEIGHTS[c] for c in cats])
+def _choose_question(
+    questions: list[WorldQuestion], rng: np.random.Generator, weights: tuple[tuple[str, float], ...]
+) -> WorldQuestion:
+    share = dict(weights)
+    cats = [c for c in share if share[c] > 0 and any(q.category == c for q in questions)]
+    if not cats:  # the scene asks none of the weighted categories: any of its questions
+        return questions[int(rng.integers(len(questions)))]
+    p = np.array([share[c] for c in cats])
     cat = cats[int(rng.choice(len(cats), p=p / p.sum()))]
     pool = [q for q in questions if q.category == cat]
     return pool[int(rng.integers(len(pool)))]
@@ -156,14 +162,14 @@ def samples_from_scene(
     questions = questions_for(pyr.scene, rng)
     out = []
     for _ in range(n):
-        q = _choose_question(questions, rng)
+        q = _choose_question(questions, rng, opt.question_weights)
         level = _choose_level(len(pyr.levels), rng, opt)
         lvl = pyr.levels[level]
         keys: set[tuple[int, int]] = set()
         boxes = [PixelBox(*pyr.scene.objects[oid].pixel_box) for oid in q.targets]
         for b in boxes:
             keys.update(pyr.tiles_over(level, b))
-        extra = int(rng.integers(0 if keys else 1, opt.max_extra_tiles + 1))
+        extra = int(rng.integers(0 if keys else 1, max(opt.max_extra_tiles, 1) + 1))
         for _ in range(extra):
             keys.add((int(rng.integers(lvl.rows)), int(rng.integers(lvl.cols))))
         tiles = [pyr.tile(level, r, c) for r, c in sorted(keys)]
