@@ -49,7 +49,7 @@ class TrainingError(ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 2400
     batch: int = 16
     lr: float = 1e-3
     warmup: int = 200
