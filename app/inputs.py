@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.config import UPLOAD_SUFFIXES, ServeConfig
+from pyramid.errors import LrsVqaError
 
 
-class InputError(ValueError):
+class InputError(LrsVqaError, ValueError):
     """A request the page answers with a readable one-line error."""
 
 

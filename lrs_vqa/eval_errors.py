@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from pyramid.errors import LrsVqaError
 
-class EvalError(Exception):
+
+class EvalError(LrsVqaError):
     """Base class: bad input files, options or state of an evaluation or batch run."""
 
 

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 
 from lrs_vqa.c2f_modes import mode_names
 from pyramid.dip import PyramidOptions
+from pyramid.errors import LrsVqaError
 
 DEFAULT_MODEL = "world"  # the shipped synthetic-world model; pass a hub id or folder for real imagery
 
 
-class C2FError(ValueError):
+class C2FError(LrsVqaError, ValueError):
     """Bad coarse-to-fine settings; one-line message."""
 
 

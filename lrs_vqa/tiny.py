@@ -423,17 +423,22 @@ def make_tiny_model(
 ) -> TinyModelInfo:
     """Write a tiny random checkpoint of ``family`` into ``out_dir`` and describe it.
 
-    The weights depend only on ``seed`` (same seed → identical ``model.safetensors``). Raises ``ValueError``
-    for an unknown family and ``FileExistsError`` if ``out_dir`` is a non-empty folder and ``overwrite`` is
-    false.
+    The weights depend only on ``seed`` (same seed → identical ``model.safetensors``). Raises
+    :class:`UnsupportedModelError` (a ``ValueError``) for an unknown family and :class:`OutputExistsError` (a
+    ``FileExistsError``) if ``out_dir`` is a non-empty folder and ``overwrite`` is false.
     """
+    from lrs_vqa.models.errors import UnsupportedModelError
+    from pyramid.cog import OutputExistsError
+
     if family not in FAMILIES:
-        raise ValueError(f"unknown tiny model family {family!r}; choose one of: {', '.join(FAMILIES)}")
+        raise UnsupportedModelError(
+            f"unknown tiny model family {family!r}; choose one of: {', '.join(FAMILIES)}"
+        )
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder")
+        raise OutputExistsError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace it")
+        raise OutputExistsError(f"{out} is not empty; pass overwrite=True to replace it")
 
     import torch
 

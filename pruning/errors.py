@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from pyramid.errors import LrsVqaError
 
-class PruningError(ValueError):
+
+class PruningError(LrsVqaError, ValueError):
     """Base class of every pruning error."""
 
 

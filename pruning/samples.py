@@ -22,3 +22,19 @@ def sample_prompts(
             rgb = img.convert("RGB")
             out += [adapter.stock_prompt(rgb, q)[0].inputs for q in questions]
     return out
+
+
+def question_prompts(adapter: ModelAdapter, pairs: Sequence[tuple[str, str]]) -> list[PrefillInputs]:
+    """Stock prompts of (image path, question) pairs — e.g. the rows of an LRS-VQA-format question file, so
+    a trained pruner learns question-dependent rankings. Each image is read through the Dynamic Image
+    Pyramid's coarse level (bounded memory for gigapixel rasters); the processor then sizes it as usual."""
+    from PIL import Image
+
+    from pyramid.dip import DynamicImagePyramid
+
+    out = []
+    for path, question in pairs:
+        with DynamicImagePyramid.open(path) as dip:
+            rgb = Image.fromarray(dip.level_image(0).pixels)
+        out.append(adapter.stock_prompt(rgb, question)[0].inputs)
+    return out

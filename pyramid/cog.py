@@ -50,6 +50,7 @@ from rasterio.windows import Window
 from pyramid.errors import (
     CorruptRasterError,
     EmptyFileError,
+    LrsVqaError,
     NotAFileError,
     NotARasterError,
     RasterNotFoundError,
@@ -73,7 +74,7 @@ _GHOST = (
 )
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(LrsVqaError, FileExistsError):
     """The destination exists and ``overwrite`` was not given. ``str(err)`` is one line."""
 
 

@@ -1,13 +1,19 @@
-"""Typed errors for bad raster input.
+"""The project's one error base, and the typed errors for bad raster input.
 
-Every error a user can cause by handing us a file is a subclass of :class:`RasterInputError`,
-carries a one-line message, and is what the CLI turns into exit code 2.
+Every error a user can cause — a bad file, option, model, budget, question file — derives from
+:class:`LrsVqaError` (re-exported as :mod:`lrs_vqa.errors`), carries a one-line message, and is what the CLI
+turns into exit code 2 in one place. It lives here because this is the lowest layer: every package can
+import it without importing anything heavier. Raster errors are subclasses of :class:`RasterInputError`.
 """
 
 from __future__ import annotations
 
 
-class RasterInputError(Exception):
+class LrsVqaError(Exception):
+    """Base of every error a user causes (bad input or settings); ``str(err)`` is one line."""
+
+
+class RasterInputError(LrsVqaError):
     """Base class: the input cannot be used as a raster. ``str(err)`` is one line."""
 
     def __init__(self, path: object, reason: str) -> None:

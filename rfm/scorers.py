@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pyramid.errors import LrsVqaError
+
 if TYPE_CHECKING:
     from lrs_vqa.models.base import ModelAdapter
     from rfm.base import RegionScorer
@@ -27,11 +29,11 @@ BUILTIN: dict[str, tuple[str, str]] = {
 }
 
 
-class UnknownScorerError(ValueError):
+class UnknownScorerError(LrsVqaError, ValueError):
     """No scorer of that name."""
 
 
-class ScorerUnavailableError(ValueError):
+class ScorerUnavailableError(LrsVqaError, ValueError):
     """The scorer exists but this model cannot run it (e.g. no trained RFM weights)."""
 
 
@@ -70,8 +72,16 @@ def get_scorer(name: str) -> ScorerInfo:
 
 
 def build_scorer(name: str, adapter: ModelAdapter, layers: int | None = None) -> RegionScorer:
-    """The scorer ``name`` for ``adapter``; ``UnknownScorerError`` / ``ScorerUnavailableError`` otherwise."""
-    return get_scorer(name).build(adapter, layers)
+    """The scorer ``name`` for ``adapter``; ``UnknownScorerError`` / ``ScorerUnavailableError`` otherwise
+    (``layers`` outside 1..the model's LLM layers is a ``ScorerUnavailableError`` too)."""
+    info = get_scorer(name)
+    if layers is not None:
+        total = adapter.llm_shape().layers
+        if not 1 <= layers <= total:
+            raise ScorerUnavailableError(
+                f"--scorer-layers must be between 1 and {total} (the model's LLM layers), got {layers}"
+            )
+    return info.build(adapter, layers)
 
 
 def describe_scorers() -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from pyramid.errors import LrsVqaError
+
 app = typer.Typer(
     name="lrs-vqa",
     help="Question answering over gigapixel remote-sensing images (LRS-VQA).",
@@ -19,7 +21,7 @@ err = Console(stderr=True, soft_wrap=True)
 EXIT_BAD_INPUT = 2
 
 
-class UsageError(ValueError):
+class UsageError(LrsVqaError, ValueError):
     """A bad argument value the CLI reports in one line (exit code 2)."""
 
 

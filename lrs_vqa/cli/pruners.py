@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lrs_vqa.cli.base import app, out
+from lrs_vqa.cli.base import UsageError, app, out
 
 
 @app.command()
@@ -92,8 +92,20 @@ def vflowopt_calibrate(
 @lvpruning.command("train")
 def lvpruning_train(
     model: _Model,
-    images: Annotated[list[str], typer.Argument(help="Training images.")],
     out_path: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write.")],
+    images: Annotated[
+        list[str] | None, typer.Argument(help="Training images (with --question); or use --questions.")
+    ] = None,
+    questions: Annotated[
+        Path | None,
+        typer.Option(
+            help="LRS-VQA-format question file (e.g. `lrs-vqa world-bench`'s): image + question rows."
+        ),
+    ] = None,
+    image_root: Annotated[
+        Path | None, typer.Option(help="Folder the question file's image paths are relative to.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Use the first N questions of --questions.")] = None,
     question: Annotated[
         list[str] | None, typer.Option(help="Question(s) to pair with each image (repeat).")
     ] = None,
@@ -106,7 +118,7 @@ def lvpruning_train(
     """Train LVPruning decision modules (the model stays frozen)."""
     from lrs_vqa.models.registry import load_adapter
     from pruning.lvpruning import TrainConfig, save_checkpoint, train
-    from pruning.samples import sample_prompts
+    from pruning.samples import question_prompts
 
     cfg = TrainConfig(
         layers=tuple(int(x) for x in layers.split("/")),
@@ -115,8 +127,44 @@ def lvpruning_train(
         lr=lr,
         seed=seed,
     )
+    pairs = _training_pairs(images, question, questions, image_root, limit)
     adapter = load_adapter(model)
-    result = train(adapter, sample_prompts(adapter, images, question or ["Describe the image."]), cfg)
+    result = train(adapter, question_prompts(adapter, pairs), cfg)
     extra = {"model": model, "steps": cfg.steps, "initial_loss": result.initial_loss}
     save_checkpoint(result.modules, out_path, {**extra, "final_loss": result.final_loss})
     print(f"lvpruning loss {result.initial_loss:.4f} -> {result.final_loss:.4f}; checkpoint {out_path}")
+
+
+def _training_pairs(
+    images: list[str] | None,
+    question: list[str] | None,
+    questions: Path | None,
+    image_root: Path | None,
+    limit: int | None,
+) -> list[tuple[str, str]]:
+    """(image, question) pairs: the rows of ``--questions``, or each image with each ``--question``. There is
+    no default question: one fixed prompt would teach a question-blind ranking."""
+    if questions is not None:
+        if images:
+            raise UsageError("give either --questions or IMAGE... --question, not both")
+        from lrs_vqa.questions import load_questions, resolve_image
+
+        root = image_root if image_root is not None else questions.parent
+        loaded = load_questions(questions, root)
+        if loaded.bad_rows:
+            first = loaded.bad_rows[0]
+            raise UsageError(
+                f"{questions}: {len(loaded.bad_rows)} unusable row(s), "
+                f"first at line {first.line}: {first.problem}"
+            )
+        rows = loaded.questions[: limit if limit is not None else None]
+        if not rows:
+            raise UsageError(f"{questions}: no usable question rows")
+        return [(str(resolve_image(root, q.image)), q.prompt) for q in rows]
+    if not images:
+        raise UsageError("give --questions Q.jsonl (LRS-VQA format) or IMAGE... with --question")
+    if not question:
+        raise UsageError(
+            "give the questions to train with: --questions Q.jsonl, or --question TEXT per image set"
+        )
+    return [(img, q) for img in images for q in question]

@@ -110,6 +110,10 @@ def synth(
 
     if compress not in ("jpeg", "deflate", "none"):
         raise UsageError(f"--compress must be jpeg, deflate or none, got {compress!r}")
+    if destination.is_dir():
+        raise UsageError(f"{destination} is a folder; give the GeoTIFF's file name")
+    if not destination.parent.is_dir():
+        raise UsageError(f"{destination.parent}: no such folder")
     info = synthesize_scene(
         destination,
         parse_size(size),

@@ -45,6 +45,10 @@ def serve(
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:  # the web demo is an optional extra
+        raise UsageError('the web demo needs Gradio: pip install "lrs-vqa[app]"')
     from app.server import launch
 
     launch(config)

@@ -9,6 +9,8 @@ keeps every token reproduces the stock model's logits.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -165,9 +167,8 @@ class DecoderLoop:
     ) -> torch.Tensor:
         # attention_mask=None: SDPA applies the causal mask itself for a prefill of one unpadded sequence,
         # and a single decode query may attend to every cached key.
-        out = layer(
-            hidden, attention_mask=None, past_key_values=cache, use_cache=True, position_embeddings=(cos, sin)
-        )
+        kwargs = {_cache_argument(type(layer)): cache}
+        out = layer(hidden, attention_mask=None, use_cache=True, position_embeddings=(cos, sin), **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
     def _positions(self, position: int, device: torch.device) -> torch.Tensor:
@@ -212,3 +213,12 @@ class DecoderLoop:
             logits = self.decode_step(token, position, result.cache)
             position += 1
         return out, result, time.perf_counter() - t0
+
+
+@functools.cache
+def _cache_argument(layer_type: type) -> str:
+    """The keyword a decoder layer takes its KV cache by: ``cache`` in current transformers 5.x, where
+    ``past_key_values`` is deprecated (removed in 5.40); older 5.x layers only know ``past_key_values``."""
+    params = inspect.signature(layer_type.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+

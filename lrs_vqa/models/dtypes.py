@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from lrs_vqa.models.errors import UnsupportedModelError
+
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -15,9 +17,10 @@ DTYPES = {
 
 
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:
-    """A ``--dtype`` name (or a torch dtype, passed through) → the torch dtype; ``ValueError`` otherwise."""
+    """A ``--dtype`` name (or a torch dtype, passed through) → the torch dtype; :class:`UnsupportedModelError`
+    (a ``ValueError``) otherwise."""
     if isinstance(name, torch.dtype):
         return name
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+        raise UnsupportedModelError(f"--dtype must be one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]

@@ -1,9 +1,11 @@
 """Errors of loading a checkpoint and wrapping it in an adapter (one line each, for the CLI and the app)."""
 
+from pyramid.errors import LrsVqaError
 
-class UnsupportedModelError(ValueError):
+
+class UnsupportedModelError(LrsVqaError, ValueError):
     """The checkpoint's architecture has no adapter."""
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(LrsVqaError, RuntimeError):
     """The checkpoint could not be found or loaded (offline, bad path, ...)."""

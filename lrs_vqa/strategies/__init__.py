@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pyramid.errors import LrsVqaError
+
 if TYPE_CHECKING:
     from lrs_vqa.c2f import C2FResult
     from lrs_vqa.engine.hooks import VisionHook
@@ -32,7 +34,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
 }
 
 
-class StrategyError(ValueError):
+class StrategyError(LrsVqaError, ValueError):
     """A strategy cannot run with these settings (e.g. too many tokens); one-line message."""
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from lrs_vqa.world.questions import SUFFIX, questions_for
 from pyramid.cog import write_cog
+from pyramid.errors import LrsVqaError
 from pyramid.world import WorldScene, render_world, synthesize_world, write_sidecar
 
 QUESTIONS_FILE = "LRS_VQA_merged.jsonl"
@@ -32,7 +33,7 @@ PNG_MAX = 8192  # larger scenes are always COGs (a PNG that size is decoded whol
 SEED_STRIDE = 100_000
 
 
-class WorldBenchError(ValueError):
+class WorldBenchError(LrsVqaError, ValueError):
     """Bad world-bench arguments or output folder; one-line message."""
 
 

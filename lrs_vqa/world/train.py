@@ -36,6 +36,7 @@ from lrs_vqa.world.data import (
     scene_samples,
 )
 from lrs_vqa.world.model import WorldModelConfig, build_world_model
+from pyramid.errors import LrsVqaError
 from pyramid.world import CATEGORIES, COLORS
 
 CHECKPOINT = "train-state.pt"
@@ -43,7 +44,7 @@ LOG = "train-log.jsonl"
 CURVE = "training-curve.png"
 
 
-class TrainingError(ValueError):
+class TrainingError(LrsVqaError, ValueError):
     """A bad training setup or checkpoint; one-line message."""
 
 
@@ -392,6 +393,8 @@ def train_world_model(
     from timm.utils import ModelEmaV3
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"{out} exists and is not a folder; --out names the run's folder")
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / CHECKPOINT
     torch.manual_seed(cfg.seed)

@@ -590,10 +590,33 @@ def test_offline_commands_run_on_a_tiny_model(
     assert main(["pruner-tool", "vflowopt", *args]) == 0
     assert len(json.loads(calibration.read_text())["trials"]) == 2
     ckpt = tmp_path / "lv"
-    assert (
-        main(["pruner-tool", "lvpruning", "train", model, str(png), "--steps", "2", "--out", str(ckpt)]) == 0
-    )
+    lv = ["pruner-tool", "lvpruning", "train", model, str(png), "--question", "What color is the car?"]
+    assert main([*lv, "--steps", "2", "--out", str(ckpt)]) == 0
     assert get_pruner(f"lvpruning:checkpoint={ckpt}").attach(adapters["llava"], 4).llm_hooks
+
+
+def test_lvpruning_trains_from_a_question_file_and_has_no_question_blind_default(
+    adapters: dict[str, ModelAdapter], tmp_path: Path, image: Image.Image, capsys: pytest.CaptureFixture
+) -> None:
+    from lrs_vqa.cli import main
+    from lrs_vqa.world.bench_writer import QUESTIONS_FILE, write_world_bench
+
+    model = adapters["llava"].source
+    write_world_bench(tmp_path / "b", scenes=1, sizes=(1024,), seed=3)
+    qfile = tmp_path / "b" / QUESTIONS_FILE
+    ckpt = tmp_path / "lv"
+    args = ["pruner-tool", "lvpruning", "train", model, "--questions", str(qfile), "--limit", "2"]
+    assert main([*args, "--steps", "2", "--out", str(ckpt)]) == 0
+    meta = json.loads((ckpt / "lvpruning.json").read_text())
+    assert meta["steps"] == 2
+    png = tmp_path / "sample.png"
+    image.save(png)
+    capsys.readouterr()
+    # an image without questions is refused (one fixed prompt would learn a question-blind ranking)
+    assert main(["pruner-tool", "lvpruning", "train", model, str(png), "--out", str(tmp_path / "x")]) == 2
+    assert main(["pruner-tool", "lvpruning", "train", model, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--questions" in err and "Traceback" not in err
 
 
 def test_module_entry_point_runs_as_a_script(adapters: dict[str, ModelAdapter], tmp_path: Path) -> None:
