@@ -221,4 +221,3 @@ def _cache_argument(layer_type: type) -> str:
     ``past_key_values`` is deprecated (removed in 5.40); older 5.x layers only know ``past_key_values``."""
     params = inspect.signature(layer_type.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
-

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -69,7 +68,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("line", "phrase"), BAD, ids=[b[0].split(" {")[0] + f"-{i}" for i, b in enumerate(BAD)])
+@pytest.mark.parametrize(
+    ("line", "phrase"), BAD, ids=[b[0].split(" {")[0] + f"-{i}" for i, b in enumerate(BAD)]
+)
 def test_bad_option_is_one_line_and_exit_2(files: dict[str, str], line: str, phrase: str, capsys) -> None:
     argv = line.format(**files).split()
     assert main(argv) == 2, argv
