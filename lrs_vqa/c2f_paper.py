@@ -236,8 +236,8 @@ def complete_newlines(segment: VisionSegment, token_rows: torch.Tensor, rows: in
 @register_mode("paper")
 class PaperLoop:
     """The released one-hop loop over one pyramid with one adapter and one scorer; returns the same result
-    type as :class:`lrs_vqa.c2f.CoarseToFine`. Of the options it uses ``keep_ratio`` only; a token pruner's
-    vision hooks are not applied (the released loop has its own final prune)."""
+    type as :class:`lrs_vqa.c2f.CoarseToFine`. Of the options it uses ``keep_ratio`` only; a token pruner is
+    refused (``AskOptions``: the released loop has its own final prune, so a budget would not be honoured)."""
 
     def __init__(
         self,

@@ -60,3 +60,12 @@ class AskOptions:
     # c2f it compresses the final tiles' tokens in place of the loop's own final prune.
     pruner: str | None = None
     budget: str | None = None
+
+    def __post_init__(self) -> None:
+        # The released one-hop loop has its own final prune and encodes without a pruner's hooks, so a
+        # budget would silently not be honoured (seen: visionzip at 16 sent 24 tokens): refuse instead.
+        if self.pruner and self.strategy == "c2f" and self.c2f.mode == "paper":
+            raise C2FError(
+                "--mode paper runs the released loop with its own final prune and takes no --pruner; "
+                "use --mode default with a pruner"
+            )

@@ -5,18 +5,22 @@ layer schedule found offline from where the text→vision attention shifts.
   the chat template's tail; the system prompt is excluded) is read over all keys. The text↔text block
   ``Att`` is symmetrised, ``Sym = Att + Attᵀ − diag(Att)``, and each text token's soft prior is its column
   sum ``prior[t] = Σ_q Sym[q, t]``. A vision token scores ``Σ_t prior[t] · A[t, v]``.
-* Stage layers: the card's layers 1/10/20 of 32 prune *after* those layers run, i.e. before layers 2/11/21
-  in this engine's convention (ranking with the attention captured while layer K-1 ran) — so the defaults
-  are ``(2, 11, 21)``, scaled to the model's depth.
-* Per-stage counts follow the published schedules for LLaVA-1.5-7B (576 tokens) the way ``sparsevlm`` does:
-  the entry nearest the budget gives the stages' proportions and the solver meets the budget exactly.
+* Stage layers: the card's 1/10/20 of 32 are the first layers that see the reduced counts — the only
+  reading under which the published counts average to their labels ((576 + 133·9 + 27·10 + 3·12)/32 =
+  64.97 for "64", 128.8 for "128") — so the defaults are ``(1, 10, 20)``, scaled to the model's depth.
+* Per-stage counts: for LLaVA-1.5-7B's own shape (576 vision tokens, 32 layers, the default layers) and a
+  published label (``avg:128``, ``avg:64``, ``avg:48``) the published table is used verbatim, as the paper
+  ran it (so ``avg:64`` averages 64.97); otherwise, the way ``sparsevlm`` does, the entry nearest the budget
+  gives the stages' proportions and the solver meets the budget exactly.
 * ``analyse_schedule`` (``lrs-vqa pruner-tool adaptinfer analyse``) derives stage layers for a model from
   sample inputs: the per-layer text→vision attention mass is segmented into piecewise-constant parts
   (least squares, exact dynamic programme) and the segment starts are the stage layers. Its JSON output is
   read back with ``adaptinfer:schedule=PATH``.
 
-Deviations from the card (see the report): the engine's taps are head-averaged, so the prior and the
-weighted attention use the head mean (the card's code weights per head and sums over heads); the published
+Deviations from the card (see the report): the ranking at a stage layer uses the previous layer's attention
+(the engine drops rows *before* a layer runs; the card's code ranks inside layer l by layer l's own
+attention); the prior is per head, ``Σ_h prior_h · A_h`` as in the card's code (``prior=mean`` ranks by the
+head-mean attention instead, cheaper); the published
 ``32`` entry (final count 0) is left out, a budget keeps at least one token; recycling of dropped tokens
 (off in the code the card read) is available with ``recycle=true`` and reuses SparseVLM's density-peak
 clustering; the change-point analysis segments the per-layer attention mass rather than fitting the
@@ -47,6 +51,7 @@ from pruning.base import (
 )
 from pruning.budget import (
     Budget,
+    BudgetKind,
     Schedule,
     published_schedule,
     scale_layers,
@@ -66,6 +71,16 @@ SCHEDULE_FORMAT = "adaptinfer-schedule/1"
 # ------------------------------------------------------------------------------------------ pure scoring
 
 
+def published_counts(
+    n: int, stage_layers: Sequence[int], counts: Sequence[int], n_layers: int
+) -> tuple[int, ...]:
+    """Per-layer vision tokens when ``counts[i]`` holds from ``stage_layers[i]`` up to the next stage."""
+    out = [n] * n_layers
+    for layer, c in zip(stage_layers, counts, strict=True):
+        out[layer:] = [c] * (n_layers - layer)
+    return tuple(out)
+
+
 def text_prior(text_attention: torch.Tensor) -> torch.Tensor:
     """(T,) soft prior of the text tokens from their (T, T) attention block (rows: queries, columns: keys):
     column sums of ``Att + Attᵀ − diag(Att)``."""
@@ -76,7 +91,13 @@ def text_prior(text_attention: torch.Tensor) -> torch.Tensor:
 
 def adaptinfer_scores(text_attention: torch.Tensor, text_to_vision: torch.Tensor) -> torch.Tensor:
     """(V,) scores: the prior-weighted sum over text rows of their attention to each vision token;
-    ``text_to_vision`` is (T, V)."""
+    ``text_to_vision`` is (T, V). Given per-head blocks — (H, T, T) and (H, T, V) — the card's form:
+    ``Σ_h prior_h · A_h`` (each head's own prior weights that head's rows, summed over heads)."""
+    if text_attention.dim() == 3:
+        return sum(
+            (adaptinfer_scores(a, v) for a, v in zip(text_attention, text_to_vision, strict=True)),
+            torch.zeros(text_to_vision.shape[-1]),
+        )
     return text_prior(text_attention) @ text_to_vision.float()
 
 
@@ -125,7 +146,10 @@ def text_to_vision_mass(probs: torch.Tensor, vision_cols: torch.Tensor) -> float
 
 @dataclass(frozen=True)
 class AdaptInferConfig:
-    layers: tuple[int, ...] = (2, 11, 21)  # drop before these layers (after the card's 1/10/20), of 32
+    # The first layers that see the reduced counts (of 32): the card's 1/10/20, where the published counts
+    # average to their labels (64.97 for "64", 128.8 for "128"); ranked by the previous layer's attention.
+    layers: tuple[int, ...] = (1, 10, 20)
+    prior: str = "head"  # "head": Σ_h prior_h·A_h as in the card's code; "mean": prior of the head mean
     depth_ref: int | None = 32
     schedule: str | None = None  # JSON from `analyse_schedule`: its layers replace `layers`
     recycle: bool = False  # the card's code has it off
@@ -138,6 +162,8 @@ class AdaptInferConfig:
         if not layers or any(not isinstance(k, int) or k < 1 for k in layers):
             raise PrunerConfigError(f"adaptinfer layers must be integers >= 1, got {self.layers!r}")
         object.__setattr__(self, "layers", layers)
+        if self.prior not in ("head", "mean"):
+            raise PrunerConfigError(f"adaptinfer prior must be head or mean, got {self.prior!r}")
         if not 0 <= self.recycle_share <= 1:
             raise PrunerConfigError(f"adaptinfer recycle_share must be within 0..1, got {self.recycle_share}")
         if self.cluster_div < 1 or self.knn < 1:
@@ -153,6 +179,10 @@ def text_rows(view: LayerView) -> torch.Tensor:
 
 
 class AdaptInferHook(ScheduledLayerHook):
+    @property
+    def tap_heads(self) -> bool:
+        return self.pruner.config.prior == "head"
+
     def query_rows(self, view: LayerView) -> torch.Tensor:
         return text_rows(view)
 
@@ -166,6 +196,10 @@ class AdaptInferHook(ScheduledLayerHook):
         rows = map_rows(keys_orig[tap.rows.to(keys_orig.device)], queries_orig).to(tap.probs.device)
         vis_cols = map_rows(keys_orig, view.orig_index[vision]).to(tap.probs.device)
         text_cols = map_rows(keys_orig, queries_orig).to(tap.probs.device)
+        if self.tap_heads:  # (H, T, keys): the card's per-head prior
+            assert tap.per_head is not None
+            probs = tap.per_head[:, rows]
+            return torch.cat([probs[..., text_cols], probs[..., vis_cols]], dim=-1)
         probs = tap.probs[rows]
         return torch.cat([probs[:, text_cols], probs[:, vis_cols]], dim=1)
 
@@ -174,8 +208,8 @@ class AdaptInferHook(ScheduledLayerHook):
     ) -> torch.Tensor:
         if attention is None:
             raise PrunerConfigError(f"adaptinfer found no attention tap before layer {view.layer}")
-        t = attention.shape[0]
-        return adaptinfer_scores(attention[:, :t], attention[:, t:])
+        t = attention.shape[-2]
+        return adaptinfer_scores(attention[..., :t], attention[..., t:])
 
     def stage_selection(
         self, view: LayerView, vision: torch.Tensor, scores: torch.Tensor, keep: int
@@ -224,9 +258,13 @@ class AdaptInfer(Pruner):
 
     def plan(self, budget: Budget, n_vision: int, n_layers: int) -> Schedule:
         layers = self.layers(n_layers)
-        return published_schedule(
-            Budget.parse(budget), n_vision, n_layers, layers, PUBLISHED, PUBLISHED_TOKENS
-        )
+        parsed = Budget.parse(budget)
+        table = PUBLISHED.get(int(parsed.value)) if parsed.kind is BudgetKind.AVG else None
+        reference = n_vision == PUBLISHED_TOKENS and n_layers == 32 and layers == (1, 10, 20)
+        if table is not None and reference and parsed.value == int(parsed.value):
+            # The paper's own setting: its table verbatim (a label, not an exact average: avg:64 → 64.97).
+            return Schedule(n_vision, published_counts(n_vision, layers, table, n_layers), layers)
+        return published_schedule(parsed, n_vision, n_layers, layers, PUBLISHED, PUBLISHED_TOKENS)
 
     def hooks(self, budget: Budget | str | int | float, target: ModelTarget) -> HookSet:
         layers = self.layers(target.llm_layers)

@@ -39,10 +39,12 @@ class PrefillInputs:
 
 @dataclass
 class TapResult:
-    """Head-averaged attention probabilities of ``rows`` (current row indices) over all keys."""
+    """Head-averaged attention probabilities of ``rows`` (current row indices) over all keys; ``per_head``
+    keeps every head's when a hook asked for them (``tap_heads = True``)."""
 
     rows: torch.Tensor  # (r,)
     probs: torch.Tensor  # (r, keys), fp32
+    per_head: torch.Tensor | None = None  # (heads, r, keys), fp32
 
     def row(self, index: int) -> torch.Tensor:
         where = (self.rows == index).nonzero()
@@ -72,6 +74,8 @@ class Selection:
 
 
 class LayerHook(Protocol):
+    # A hook may also set ``tap_heads = True``: its taps then keep every head (``TapResult.per_head``).
+
     def llm_tap_rows(self, view: LayerView) -> torch.Tensor | None:
         """Rows whose attention to capture *during* ``view.layer`` (None: nothing)."""
         ...
@@ -142,10 +146,12 @@ class DecoderLoop:
             recorder = None
             if requested:
                 rows = torch.unique(torch.cat([r.to(hidden.device) for r in requested]))
-                recorder = TapRecorder({id(layer.self_attn): k}, {k: fixed_rows(rows)})
+                heads = any(getattr(hook, "tap_heads", False) for hook in hooks)
+                recorder = TapRecorder({id(layer.self_attn): k}, {k: fixed_rows(rows)}, head_mean=not heads)
                 with recording(recorder):
                     hidden = self._layer(layer, hidden, cos, sin, cache)
-                taps[k] = TapResult(rows, recorder.result(k)[0])
+                probs = recorder.result(k)[0]
+                taps[k] = TapResult(rows, probs.mean(0), probs) if heads else TapResult(rows, probs)
             else:
                 hidden = self._layer(layer, hidden, cos, sin, cache)
             tokens.append(hidden.shape[1])

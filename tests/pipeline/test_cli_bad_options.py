@@ -52,6 +52,7 @@ BAD = [
     ("ask {notes} q? --model {model}", "notes.txt"),
     ("ask {scene} q? --mode bogus", "bogus"),
     ("ask {scene} q? --keep-ratio 7", "keep"),
+    ("ask {scene} q? --model {model} --mode paper --pruner visionzip --budget 16", "--mode paper"),
     ("inspect {missing}", "missing.tif"),
     ("preview {notes} {root}/p.png", "notes.txt"),
     ("cog {missing} {root}/o.tif", "missing.tif"),

@@ -141,14 +141,17 @@ def test_adaptinfer_recycling_meets_the_budget_with_merged_tokens(
     assert not torch.equal(result.logits, plain.logits)  # cluster tokens carry merged states
 
 
+@pytest.mark.parametrize("prior", ["head", "mean"])
 def test_adaptinfer_keeps_what_eager_attention_ranks_highest(
-    adapters: dict[str, ModelAdapter], image: Image.Image
+    prior: str, adapters: dict[str, ModelAdapter], image: Image.Image
 ) -> None:
+    """``head`` (default, the card's code): Σ_h prior_h·A_h from every head's eager attention; ``mean``: the
+    prior and weights of the head-mean attention."""
     adapter = adapters["llava"]
     prompt, stock_inputs = adapter.stock_prompt(image, QUESTION)
     inputs = prompt.inputs
     layer, k = 3, 5
-    att = get_pruner(f"adaptinfer:layers={layer},depth_ref=none").attach(adapter, k)
+    att = get_pruner(f"adaptinfer:layers={layer},depth_ref=none,prior={prior}").attach(adapter, k)
     result = adapter.decoder.prefill(inputs, att.llm_hooks)
     kept = result.kept_orig_index[layer]
     kept_vision = kept[inputs.vision[kept]]
@@ -158,14 +161,43 @@ def test_adaptinfer_keeps_what_eager_attention_ranks_highest(
             eager = adapter.model(**stock_inputs, output_attentions=True).attentions
     finally:
         adapter.model.set_attn_implementation("lrs_vqa_sdpa_tap")
-    probs = eager[layer - 1][0].float().mean(0)  # (L, L) head mean
+    heads = eager[layer - 1][0].float()  # (H, L, L)
+    per = [heads.mean(0)] if prior == "mean" else list(heads)
     vision_cols = torch.nonzero(inputs.vision).flatten().tolist()
-    text = list(range(vision_cols[-1] + 1, probs.shape[0]))
-    a = probs.tolist()
-    prior = {t: sum(a[q][t] + a[t][q] for q in text) - a[t][t] for t in text}
-    scores = [sum(prior[t] * a[t][v] for t in text) for v in vision_cols]
+    text = list(range(vision_cols[-1] + 1, heads.shape[-1]))
+    scores = [0.0] * len(vision_cols)
+    for probs in per:
+        a = probs.tolist()
+        pri = {t: sum(a[q][t] + a[t][q] for q in text) - a[t][t] for t in text}
+        for i, v in enumerate(vision_cols):
+            scores[i] += sum(pri[t] * a[t][v] for t in text)
     order = sorted(range(len(vision_cols)), key=lambda i: (-scores[i], i))[:k]
     assert kept_vision.tolist() == sorted(vision_cols[i] for i in order)
+
+
+def test_adaptinfer_head_prior_differs_from_the_head_mean() -> None:
+    # Two heads with opposite text priors: the per-head sum is not the head-mean formula.
+    att = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]])
+    t2v = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]])
+    per_head = adaptinfer_scores(att, t2v)
+    expected = adaptinfer_scores(att[0], t2v[0]) + adaptinfer_scores(att[1], t2v[1])
+    assert per_head.tolist() == pytest.approx(expected.tolist())
+    assert per_head.tolist() != pytest.approx(adaptinfer_scores(att.mean(0), t2v.mean(0)).tolist())
+
+
+@pytest.mark.parametrize(
+    ("label", "counts", "total"), [(64, (133, 27, 3), 2079), (128, (290, 72, 18), 4122)]
+)
+def test_adaptinfer_reproduces_the_published_count_tables(label: int, counts: tuple, total: int) -> None:
+    """LLaVA-1.5-7B's shape (576 tokens, 32 layers): the table verbatim, reduced counts from layers 1/10/20,
+    whose average is the label's published value (not an exact budget)."""
+    schedule = get_pruner("adaptinfer").plan(f"avg:{label}", 576, 32)
+    c1, c2, c3 = counts
+    assert schedule.counts == (576,) + (c1,) * 9 + (c2,) * 10 + (c3,) * 12
+    assert sum(schedule.counts) == total  # averages 64.97 and 128.8, as the card computes
+    assert schedule.stage_layers == (1, 10, 20)
+    # any other budget is met exactly by the solver
+    assert sum(get_pruner("adaptinfer").plan("avg:100", 576, 32).counts) == 100 * 32
 
 
 def test_adaptinfer_analysis_gives_a_schedule_the_pruner_uses(
