@@ -3,10 +3,15 @@
 * Token level (bottom-up): each vision token's saliency b in the encoder — the attention the CLS token pays
   it at the feature layer (head mean), or without CLS the mean attention it receives (Qwen: averaged over
   the 2×2 merge unit). Read on the vision side (after the projector); nothing is dropped there.
-* Region level (bottom-up): a partition's saliency is the mean b of its tokens. Partitions are the tiles
-  of each encoded group (the engine tags every token with its tile: ``VisionContext.tile_index``), so a
-  thumbnail and each sub-image / pyramid tile are separate regions. The tokens a stage keeps are shared out
-  over the partitions in proportion to their saliency (largest remainders, capped at a partition's size).
+* Region level (bottom-up): partitions are the tiles of each encoded group (the engine tags every token
+  with its tile: ``VisionContext.tile_index``), so a thumbnail and each sub-image / pyramid tile are separate
+  regions. A region's saliency is the global view's (the thumbnail's) token saliency pooled over the
+  region's level-0 footprint (mean density, :func:`footprint_saliency`): one map rates every region, so the
+  ratings compare across tiles. A tile's own mean b would not — b is normalised inside each tile, so without
+  a CLS token that mean is exactly 1/N for every tile and budgets would just follow tile sizes. Without a
+  global view carrying token boxes (the model's own processing) the region saliency falls back to the
+  mean b, i.e. budgets in proportion to size. The tokens a stage keeps are shared out over the partitions
+  in proportion to their saliency (largest remainders, capped at a partition's size).
 * Instruction level (top-down): c = the maximum over the question's rows of their head-mean attention to
   each vision token, in a shallow LLM layer.
 * Before LLM layer K (default 2 of 32) the tokens are ranked by fused = (1−α)·minmax(b) + α·minmax(c)
@@ -52,6 +57,7 @@ from pruning.budget import Budget, Schedule, scale_layers, solve_schedule
 from pruning.errors import PrunerConfigError
 from pruning.registry import register
 from pruning.scores import encoder_saliency
+from pyramid.dip import THUMBNAIL
 
 if TYPE_CHECKING:
     from lrs_vqa.engine.hooks import VisionContext
@@ -80,6 +86,26 @@ def fuse(bottom_up: torch.Tensor, top_down: torch.Tensor, alpha: float) -> torch
 def instruction_relevance(attention: torch.Tensor) -> torch.Tensor:
     """(V,) c: the maximum over the instruction rows of their (head-mean) attention to each vision token."""
     return attention.float().max(0).values
+
+
+def footprint_saliency(
+    global_b: torch.Tensor, global_boxes: torch.Tensor, footprints: torch.Tensor
+) -> torch.Tensor:
+    """(parts,) mean density of the global view's token saliency over each partition's level-0 footprint:
+    ``Σ_g (b_g / |box_g|) · |box_g ∩ F_p| / |F_p|``. One map (the global view's) rates every region, so
+    regions compare across tiles — unlike a tile's own mean saliency, which is normalised inside the tile."""
+    g = global_boxes.float()
+    f = footprints.float()
+    ix = (torch.minimum(g[:, None, 2], f[None, :, 2]) - torch.maximum(g[:, None, 0], f[None, :, 0])).clamp(
+        min=0
+    )
+    iy = (torch.minimum(g[:, None, 3], f[None, :, 3]) - torch.maximum(g[:, None, 1], f[None, :, 1])).clamp(
+        min=0
+    )
+    area_g = ((g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])).clamp(min=1e-9)
+    area_f = ((f[:, 2] - f[:, 0]) * (f[:, 3] - f[:, 1])).clamp(min=1e-9)
+    density = global_b.float() / area_g
+    return (density[:, None] * ix * iy).sum(0) / area_f
 
 
 def region_saliency(bottom_up: torch.Tensor, partition: torch.Tensor, parts: int) -> torch.Tensor:
@@ -156,6 +182,38 @@ class _Record:
     partition: torch.Tensor  # (n,) tile index inside its group
     saliency: torch.Tensor  # (n,) b
     keys: list[bytes] | None = None  # fingerprint of each token's LLM input embedding
+    boxes: torch.Tensor | None = None  # (n, 4) level-0 token boxes (NaN: none)
+    level: torch.Tensor | None = None  # (n,) pyramid level (pyramid.dip.THUMBNAIL: the global view)
+
+
+def record_saliency(records: Sequence[_Record]) -> torch.Tensor | None:
+    """(partitions over all records,) region saliency from the global view's saliency map pooled over each
+    partition's footprint, or None when no record is a global view with token boxes (then the caller falls
+    back to each partition's mean b)."""
+    glob = [
+        r
+        for r in records
+        if r.level is not None and r.boxes is not None and bool((r.level == THUMBNAIL).all())
+    ]
+    if not glob or not all(r.boxes is not None for r in records):
+        return None
+    gb = torch.cat([r.saliency for r in glob])
+    gbox = torch.cat([r.boxes for r in glob])  # type: ignore[misc]
+    finite = torch.isfinite(gbox).all(1)
+    if not bool(finite.any()):
+        return None
+    feet = []
+    for r in records:
+        parts = int(r.partition.max()) + 1 if len(r.partition) else 0
+        for p in range(parts):
+            boxes = r.boxes[(r.partition == p) & torch.isfinite(r.boxes).all(1)]  # type: ignore[index]
+            if not len(boxes):
+                feet.append(torch.zeros(4))
+                continue
+            feet.append(
+                torch.stack([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()])
+            )
+    return footprint_saliency(gb[finite], gbox[finite], torch.stack(feet)) if feet else None
 
 
 def align(records: Sequence[_Record], keys: Sequence[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,7 +261,15 @@ class PTPVisionHook(BudgetedVisionHook):
         if not self.active or stage is not self.stage:
             return None
         b = encoder_saliency(self.target, ctx, "ptp")
-        self.records.append(_Record(ctx.tile_index.cpu().clone(), b, fingerprints(feats)))
+        self.records.append(
+            _Record(
+                ctx.tile_index.cpu().clone(),
+                b,
+                fingerprints(feats),
+                meta.boxes.cpu().float().clone(),
+                meta.level.cpu().clone(),
+            )
+        )
         n = int(feats.shape[0])
         self.calls.append((n, n))
         return None
@@ -232,7 +298,11 @@ class PTPLayerHook(ScheduledLayerHook):
             part[rows] = 0
         self._part, self._b = part, b
         parts_n = int(part.max()) + 1 if vision.numel() else 0
-        self._sal = region_saliency(b[rows], part[rows], max(parts_n, 1))
+        pooled = record_saliency(records) if records else None
+        if pooled is not None and len(pooled) >= parts_n:
+            self._sal = pooled[: max(parts_n, 1)]
+        else:
+            self._sal = region_saliency(b[rows], part[rows], max(parts_n, 1))
 
     def query_rows(self, view: LayerView) -> torch.Tensor | None:
         if self.pruner.config.alpha == 0:

@@ -753,3 +753,47 @@ def test_options_parse_from_specs_and_bad_ones_are_one_line_errors() -> None:
         with pytest.raises(PrunerConfigError, match=re.escape(words)) as err:
             get_pruner(bad)
         assert "\n" not in str(err.value)
+
+
+def test_ptp_footprint_saliency_golden() -> None:
+    from pruning.ptp import footprint_saliency
+
+    # global view: two 10×10 tokens side by side, saliency 3 and 1
+    b = torch.tensor([3.0, 1.0])
+    boxes = torch.tensor([[0.0, 0, 10, 10], [10.0, 0, 20, 10]])
+    feet = torch.tensor([[0.0, 0, 10, 10], [10.0, 0, 20, 10], [0.0, 0, 20, 10], [5.0, 0, 15, 10]])
+    got = footprint_saliency(b, boxes, feet).tolist()
+    # densities 0.03 and 0.01; the whole image averages them; a straddling tile too
+    assert got == pytest.approx([0.03, 0.01, 0.02, 0.02])
+
+
+def test_ptp_region_level_rates_tiles_by_the_global_view(tmp_path: Path) -> None:
+    """Through the real encoder path (no planted budgets), with the shipped world model (a trained tower:
+    random towers attend almost uniformly): a flat image with one red object in one tile. The region level
+    rates that tile above every flat tile and gives it the largest budget — where a per-tile mean of b would
+    rate every tile alike (b is normalised inside each tile)."""
+    import numpy as np
+
+    from lrs_vqa.answer import AskOptions, answer
+    from lrs_vqa.models.registry import load_adapter, resolve_model
+    from pruning.ptp import allocate
+
+    img = np.full((448, 448, 3), 120, np.uint8)
+    img[60:90, 60:110] = (220, 30, 30)
+    path = tmp_path / "object.png"
+    Image.fromarray(img).save(path)
+    adapter = load_adapter(resolve_model("world"))
+    options = AskOptions(
+        strategy="tiles-all", level=-1, max_new_tokens=1, pyramid=PyramidOptions(cache_dir=tmp_path / "c")
+    )
+    with get_pruner("ptp").attach(adapter, "0.25") as att:
+        record = answer(path, "What color is the car?", model=adapter, options=options, **att_kwargs(att))
+        sal = att.llm_hooks[0]._sal.tolist()
+    tiles = record.tiles  # thumbnail first, then the level's 4×4 tiles in raster order
+    assert len(sal) == len(tiles) == 17
+    hot = [i for i, t in enumerate(tiles) if i and t.pixel_box[:2] == [0, 0]]
+    assert len(hot) == 1
+    flat = [sal[i] for i in range(1, 17) if i != hot[0]]
+    assert sal[hot[0]] > 1.2 * max(flat)
+    budgets = allocate(sal, [64] * 17, 17 * 16)
+    assert budgets[hot[0]] > max(budgets[i] for i in range(1, 17) if i != hot[0])

@@ -185,9 +185,7 @@ def test_adaptinfer_head_prior_differs_from_the_head_mean() -> None:
     assert per_head.tolist() != pytest.approx(adaptinfer_scores(att.mean(0), t2v.mean(0)).tolist())
 
 
-@pytest.mark.parametrize(
-    ("label", "counts", "total"), [(64, (133, 27, 3), 2079), (128, (290, 72, 18), 4122)]
-)
+@pytest.mark.parametrize(("label", "counts", "total"), [(64, (133, 27, 3), 2079), (128, (290, 72, 18), 4122)])
 def test_adaptinfer_reproduces_the_published_count_tables(label: int, counts: tuple, total: int) -> None:
     """LLaVA-1.5-7B's shape (576 tokens, 32 layers): the table verbatim, reduced counts from layers 1/10/20,
     whose average is the label's published value (not an exact budget)."""
