@@ -177,6 +177,7 @@ def _answer_with(
         max_new_tokens=options.max_new_tokens,
         eos_token_ids=adapter.eos_token_ids,
         suppress_token_ids=adapter.suppress_token_ids,
+        positions=options.positions,
     )
     text = adapter.decode_text(ids)
     vision_shape, patches = adapter.vision_shape()

@@ -60,8 +60,12 @@ class AskOptions:
     # c2f it compresses the final tiles' tokens in place of the loop's own final prune.
     pruner: str | None = None
     budget: str | None = None
+    # RoPE positions of the rows a pruner keeps: "original" (each keeps its own) or "compact" (renumbered)
+    positions: str = "original"
 
     def __post_init__(self) -> None:
+        if self.positions not in ("original", "compact"):
+            raise C2FError(f"--positions must be original or compact, got {self.positions!r}")
         # The released one-hop loop has its own final prune and encodes without a pruner's hooks, so a
         # budget would silently not be honoured (seen: visionzip at 16 sent 24 tokens): refuse instead.
         if self.pruner and self.strategy == "c2f" and self.c2f.mode == "paper":

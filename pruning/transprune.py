@@ -126,8 +126,15 @@ class TransPruneConfig:
     abs_cos: bool = True  # paper: 1 − |cos|; released code: 1 − cos
     iga_rows: str = "after_image"  # IGA queries: "after_image" (all post-image rows) or "instruction"
     ttv: str = "module"  # "module": attention and FFN transitions (needs attach); "layer": the layer's update
+    # RoPE positions after a drop: "original" (the engine's default) or "compact" (renumbered 0..n−1, as
+    # the released code does: set it to reproduce the paper's numbers, card §9.4)
+    positions: str = "original"
 
     def __post_init__(self) -> None:
+        if self.positions not in ("original", "compact"):
+            raise PrunerConfigError(
+                f"transprune positions must be original or compact, got {self.positions!r}"
+            )
         layers = tuple(self.layers)
         if not layers or any(not isinstance(k, int) or k < 1 for k in layers):
             raise PrunerConfigError(f"transprune layers must be integers >= 1, got {self.layers!r}")
@@ -286,6 +293,7 @@ class TransPrune(Pruner):
     def hooks(self, budget: Budget | str | int | float, target: ModelTarget) -> HookSet:
         n = target.llm_layers
         hook = TransPruneHook(self, Budget.parse(budget), n, self.layers(n), self.ttv_layers(n))
+        hook.positions = self.config.positions  # read by the decoder loop
         return HookSet((), (hook,))
 
     def instrument(self, adapter: ModelAdapter, hooks: HookSet) -> list[Any]:

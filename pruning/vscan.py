@@ -150,8 +150,13 @@ class VScanConfig:
     depth_ref: int | None = 32
     share: float = 1 / 3  # stage 2 keeps this share of stage 1's survivors
     query: str = "last"
+    # RoPE positions after stage 2: "original" (the engine's default) or "compact" (renumbered 0..n−1, as
+    # the released code does: set it to reproduce the paper's numbers, card §9.4)
+    positions: str = "original"
 
     def __post_init__(self) -> None:
+        if self.positions not in ("original", "compact"):
+            raise PrunerConfigError(f"vscan positions must be original or compact, got {self.positions!r}")
         if not isinstance(self.local_layer, int) or self.local_layer < 0:
             raise PrunerConfigError(f"vscan local_layer must be an integer >= 0, got {self.local_layer!r}")
         if not isinstance(self.windows, int) or self.windows < 1:
@@ -290,6 +295,7 @@ class VScan(Pruner):
         records: list[tuple[int, int]] = []
         vision = VScanEncoderHook(self, budget, target, self.encoder_layers(target), layer, records)
         llm = SecondStageHook(self, budget, target.llm_layers, layer, records)
+        llm.positions = self.config.positions  # read by the decoder loop
         return HookSet((vision,), (llm,))
 
     def instrument(self, adapter: ModelAdapter, hooks: HookSet) -> list[Any]:

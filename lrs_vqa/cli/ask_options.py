@@ -87,6 +87,12 @@ def _parameters() -> list[inspect.Parameter]:
             _ASK.budget,
             "Pruner budget: 64 (tokens into the LLM), avg:128, 0.25 (ratio).",
         ),
+        _option(
+            "positions",
+            str,
+            _ASK.positions,
+            "RoPE positions of kept tokens after pruning: original | compact (renumbered).",
+        ),
     ]
 
 

@@ -1,8 +1,9 @@
 """Our own prefill loop over the decoder layers (batch size 1), with hook points that drop or merge
 vision tokens before any layer, attention taps, and KV-cache greedy decoding.
 
-Kept tokens keep their original RoPE positions (1-D or M-RoPE): positions are computed once on the full
-sequence and sliced, and the cos/sin tables are sliced with them. Decoding continues from the original
+By default kept tokens keep their original RoPE positions (1-D or M-RoPE): positions are computed once on
+the full sequence and sliced, and the cos/sin tables are sliced with them (``positions="compact"``
+renumbers the kept rows instead, as some pruners' released code does). Decoding continues from the original
 sequence length (1-D) or from the M-RoPE maximum + 1, exactly as the stock model would, so a run that
 keeps every token reproduces the stock model's logits.
 """
@@ -117,12 +118,22 @@ class DecoderLoop:
         *,
         all_logits: bool = False,
         cache: DynamicCache | None = None,
+        positions: str = "original",
     ) -> PrefillResult:
+        """Run the decoder over ``inputs`` with ``hooks`` dropping or merging rows before layers.
+
+        ``positions``: the rotary positions of the rows a hook keeps — ``"original"`` (each row keeps its
+        position; the default) or ``"compact"`` (renumbered 0..n−1 after every drop, as VScan's and
+        TransPrune's released code do). A hook may ask for compact positions itself (``positions =
+        "compact"``). Decoding continues from the original next position either way, as the released code
+        does (its cache position counts the unpruned first layer)."""
         t0 = time.perf_counter()
+        compact = _compact_positions(positions, hooks)
+        if compact and self.mrope:
+            raise ValueError("compact positions are defined for 1-D rotary positions, not M-RoPE")
         cache = cache if cache is not None else DynamicCache(config=self.config)
         hidden = inputs.embeds
-        positions = inputs.position_ids
-        cos, sin = self.rotary(hidden, positions)
+        cos, sin = self.rotary(hidden, inputs.position_ids)
         n = inputs.length
         orig = torch.arange(n, device=hidden.device)
         vision, instruction = inputs.vision.to(hidden.device), inputs.instruction.to(hidden.device)
@@ -138,8 +149,11 @@ class DecoderLoop:
                     continue
                 keep = selection.keep.to(hidden.device)
                 hidden = selection.hidden if selection.hidden is not None else hidden[:, keep]
-                cos, sin = cos[:, keep], sin[:, keep]
-                positions = positions[..., keep]
+                if compact:
+                    position_ids = torch.arange(hidden.shape[1], device=hidden.device)[None]
+                    cos, sin = self.rotary(hidden, position_ids)
+                else:
+                    cos, sin = cos[:, keep], sin[:, keep]
                 orig, vision, instruction = orig[keep], vision[keep], instruction[keep]
                 view = LayerView(k, hidden, orig, vision, instruction, taps)
             requested = [r for hook in hooks if (r := hook.llm_tap_rows(view)) is not None]
@@ -200,9 +214,10 @@ class DecoderLoop:
         max_new_tokens: int = 32,
         eos_token_ids: Sequence[int] = (),
         suppress_token_ids: Sequence[int] = (),
+        positions: str = "original",
     ) -> tuple[list[int], PrefillResult, float]:
         """Greedy decoding; returns the new token ids, the prefill result and the decode seconds."""
-        result = self.prefill(inputs, hooks)
+        result = self.prefill(inputs, hooks, positions=positions)
         t0 = time.perf_counter()
         suppress = torch.tensor(list(suppress_token_ids), dtype=torch.long)
         logits = result.logits[0, -1]
@@ -227,3 +242,12 @@ def _cache_argument(layer_type: type) -> str:
     ``past_key_values`` is deprecated (removed in 5.40); older 5.x layers only know ``past_key_values``."""
     params = inspect.signature(layer_type.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+POSITION_MODES = ("original", "compact")
+
+
+def _compact_positions(mode: str, hooks: Sequence[object]) -> bool:
+    if mode not in POSITION_MODES:
+        raise ValueError(f"positions must be one of {', '.join(POSITION_MODES)}, got {mode!r}")
+    return mode == "compact" or any(getattr(h, "positions", "original") == "compact" for h in hooks)

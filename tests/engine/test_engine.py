@@ -233,3 +233,56 @@ def test_flops_anchors_from_real_shapes() -> None:
     )
     assert report.llm_vision_tflops == pytest.approx(3.81715, abs=1e-4)
     assert report.vision_tflops == pytest.approx(24 * layer_flops(577, 1024, 4096, gated_mlp=False) / 1e12)
+
+
+@pytest.mark.parametrize("positions", ["original", "compact"])
+def test_positions_after_a_drop_match_a_by_hand_recomputation(
+    positions: str, tiny_paths: dict[str, str], image: Image.Image
+) -> None:
+    """Drop half the vision rows before layer 1, then run layer 1 by hand with the kept rows' rotary
+    positions — their own (original) or 0..n−1 (compact, as VScan's/TransPrune's released code) — and
+    compare with the decoder loop's logits."""
+    adapter = load_adapter(tiny_paths["llava"])
+    inputs = adapter.stock_prompt(image, QUESTION)[0].inputs
+    hook = KeepTopHalf(tap=0)
+    with torch.inference_mode():
+        got = adapter.decoder.prefill(inputs, [hook], positions=positions).logits[0, -1]
+        dec = adapter.decoder
+        hidden = inputs.embeds
+        cos, sin = dec.rotary(hidden, inputs.position_ids)
+        hidden = dec.layers[0](hidden, attention_mask=None, position_embeddings=(cos, sin))
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        assert hook.keep is not None
+        hidden = hidden[:, hook.keep]
+        pos = (
+            inputs.position_ids[..., hook.keep]
+            if positions == "original"
+            else torch.arange(len(hook.keep))[None]
+        )
+        cos, sin = dec.rotary(hidden, pos)
+        hidden = dec.layers[1](hidden, attention_mask=None, position_embeddings=(cos, sin))
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        want = dec.lm_head(dec.norm(hidden[:, -1:]))[0, -1]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if positions == "compact":  # and it is a different computation from the default
+        with torch.inference_mode():
+            default = adapter.decoder.prefill(inputs, [KeepTopHalf(tap=0)]).logits[0, -1]
+        assert not torch.allclose(got, default, atol=1e-5)
+
+
+def test_pruners_ask_for_compact_positions_and_bad_modes_are_refused(
+    tiny_paths: dict[str, str], image: Image.Image
+) -> None:
+    from lrs_vqa.options import AskOptions, C2FError
+    from pruning import PrunerConfigError, get_pruner
+    from pruning.base import ModelTarget
+
+    adapter = load_adapter(tiny_paths["llava"])
+    target = ModelTarget.from_adapter(adapter)
+    for spec in ("vscan:positions=compact", "transprune:positions=compact"):
+        assert [h.positions for h in get_pruner(spec).hooks(8, target).llm] == ["compact"]
+    assert [h.positions for h in get_pruner("transprune").hooks(8, target).llm] == ["original"]
+    with pytest.raises(PrunerConfigError, match="positions"):
+        get_pruner("vscan:positions=shuffled")
+    with pytest.raises(C2FError, match="--positions"):
+        AskOptions(positions="shuffled")
