@@ -80,11 +80,11 @@ def test_keep_all_inside_the_encoder_equals_the_stock_path(
 ) -> None:
     adapter = get_adapter(tiny_paths[family])
     dip, tiles = tiles_of(adapter, scene)
+    hook = InsideHook(layer=last_layer(adapter))
     with dip:
         plain = adapter.encode_tiles(tiles, newlines=True, level=0)
-        hooked = adapter.encode_tiles(
-            tiles, newlines=True, level=0, hooks=[InsideHook(layer=last_layer(adapter))]
-        )
+        hooked = adapter.encode_tiles(tiles, newlines=True, level=0, hooks=[hook])
+    assert len(hook.seen) == 1 and hook.seen[0][0].shape[0] == len(tiles)  # the hook ran, on every tile
     torch.testing.assert_close(hooked.embeds, plain.embeds, rtol=1e-5, atol=1e-5)
     assert torch.equal(hooked.meta.tile, plain.meta.tile)
     torch.testing.assert_close(hooked.meta.boxes, plain.meta.boxes, equal_nan=True)
@@ -139,14 +139,40 @@ def test_drop_before_a_layer_equals_a_by_hand_recomputation(
 
 
 def test_merge_replaces_the_kept_states(tiny_paths: dict[str, str], scene: Path) -> None:
+    """The replacement states (half the kept rows' states) are what the remaining layers run on: the
+    output equals a by-hand run of those layers from them, token by token."""
     adapter = get_adapter(tiny_paths["llava"])
     first_half = lambda n: torch.arange(n // 2)  # noqa: E731
     dip, tiles = tiles_of(adapter, scene)
+    hook = InsideHook(0, first_half, True)
     with dip:
         dropped = adapter.encode_tiles(tiles, newlines=False, level=0, hooks=[InsideHook(0, first_half)])
-        merged = adapter.encode_tiles(tiles, newlines=False, level=0, hooks=[InsideHook(0, first_half, True)])
+        merged = adapter.encode_tiles(tiles, newlines=False, level=0, hooks=[hook])
     assert torch.equal(dropped.meta.tile, merged.meta.tile)
-    assert not torch.allclose(dropped.embeds, merged.embeds)
+    hidden, grid = hook.seen[0]
+    n, cls = grid.shape[1], 1  # tiny llava: CLIP with a CLS token
+    x = torch.cat([hidden[:, :cls], hidden[:, cls:][:, : n // 2] * 0.5], dim=1)
+    tower = adapter.model.model.vision_tower
+    vm = tower.vision_model if hasattr(tower, "vision_model") else tower
+    layers = list(vm.encoder.layers)
+    fl = adapter.feature_layer
+    depth = len(layers) + 1 + fl if fl < 0 else fl
+    with torch.inference_mode():
+        for layer in layers[0:depth]:
+            out = layer(x, attention_mask=None)
+            x = out[0] if isinstance(out, tuple) else out
+        expected = adapter.model.model.multi_modal_projector(x[:, cls:])  # (tiles, n/2, d)
+    g = adapter.model.config.vision_config.image_size // adapter.model.config.vision_config.patch_size
+    checked = 0
+    for t, tile in enumerate(tiles):
+        for r in torch.nonzero(merged.meta.tile == t).flatten().tolist():
+            box = merged.meta.boxes[r]
+            sx = tile.box.width / tile.level_box.width * adapter.tile_size / g
+            sy = tile.box.height / tile.level_box.height * adapter.tile_size / g
+            cell = round(float(box[1] - tile.box.y0) / sy) * g + round(float(box[0] - tile.box.x0) / sx)
+            torch.testing.assert_close(merged.embeds[r], expected[t, cell], rtol=1e-4, atol=1e-5)
+            checked += 1
+    assert checked == len(merged.meta) > 0
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,8 @@ def test_keep_all_budget_equals_no_pruning_before_the_llm(
     n = int(plain_inputs.vision.sum())
     with get_pruner(spec).attach(adapter, n) as att:
         inputs = thumbnail_prompt(adapter, scene, tmp_path, att.vision_hooks)
+    calls = [c for h in att.vision_hooks for c in h.calls]
+    assert len(calls) == 1 and calls[0][0] == calls[0][1] > 0  # the hook ran on the group and kept all
     plain = adapter.decoder.prefill(plain_inputs, all_logits=True)
     pruned = adapter.decoder.prefill(inputs, all_logits=True)
     torch.testing.assert_close(pruned.logits, plain.logits, rtol=0, atol=0)
@@ -225,3 +227,34 @@ def test_visionzip_merges_with_the_encoders_keys_and_detach_removes_the_key_hook
     with get_pruner("visionzip:metric=features").attach(adapter, n // 2) as by_feats:
         feats_inputs = thumbnail_prompt(adapter, scene, tmp_path, by_feats.vision_hooks)
     assert int(keys_inputs.vision.sum()) == int(feats_inputs.vision.sum()) == n // 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_visionzip_contextual_merge_follows_the_keys(
+    family: str, adapters: dict[str, ModelAdapter], scene: Path, tmp_path: Path
+) -> None:
+    """The merge groups tokens by their keys' similarity: feeding the same encode other keys (shuffled over
+    the tokens) changes the merged tokens, and only them — the dominant tokens are chosen by attention."""
+    adapter = adapters[family]
+    n = int(thumbnail_prompt(adapter, scene, tmp_path).vision.sum())
+
+    def run(shuffle: bool) -> torch.Tensor:
+        # half the kept tokens are contextual (merged), so the merge has something to show
+        with get_pruner("visionzip:contextual_share=0.5").attach(adapter, n // 2) as att:
+            hook = att.vision_hooks[0]
+            original = hook.capture_keys
+
+            def capture(keys: torch.Tensor) -> None:
+                if shuffle:
+                    g = torch.Generator().manual_seed(0)
+                    keys = keys[..., torch.randperm(keys.shape[-2], generator=g), :]
+                original(keys)
+
+            hook.capture_keys = capture  # type: ignore[method-assign]
+            inputs = thumbnail_prompt(adapter, scene, tmp_path, att.vision_hooks)
+        return inputs.embeds[0, inputs.vision]
+
+    same, other = run(False), run(True)
+    assert same.shape == other.shape
+    changed = (same - other).abs().amax(-1) > 1e-6
+    assert 0 < int(changed.sum()) < len(changed)  # the contextual tokens moved, the dominant ones did not
