@@ -25,6 +25,8 @@ Deviations from the card (see also ``pruning.base`` for the shared conventions):
   recomputed from its input as the released code does.
 * The softmax runs over the vision tokens present (the paper's "over tokens"), not over the whole
   sequence as in the released code; the released code's signed 1 − cos is ``abs_cos=false``.
+* Kept tokens keep their original RoPE positions by default; the released code renumbers them compactly
+  (card §9.4): ``positions=compact`` does that, to reproduce the paper's numbers.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ Deviations:
   the budget exactly.
 * Stage 2 ranks with layer K−1's attention (FastV's convention in this engine), not layer K's recomputed Q/K.
 * Qwen-VL (no in-encoder hook) is refused with a ``PrunerConfigError``.
+* Kept tokens keep their original RoPE positions by default; the released code renumbers them compactly
+  (card §9.4): ``positions=compact`` does that, to reproduce the paper's numbers.
 """
 
 from __future__ import annotations
