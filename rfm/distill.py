@@ -49,7 +49,7 @@ def _kl(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
 def distill_terms(
     teacher: Sequence[torch.Tensor],
     student: Sequence[torch.Tensor],
-    image: slice,
+    image: slice | torch.Tensor,
     *,
     skip: Sequence[int] = SKIP_POSITIONS,
     temperature: float = TEMPERATURE,

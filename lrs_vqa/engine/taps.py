@@ -33,7 +33,9 @@ class TapRecorder:
     """Which modules to tap (by identity) and the rows captured from them.
 
     ``requests[key]`` is a row selector; after the forward, ``result(key)`` holds fp32 attention
-    probabilities of shape (batch, rows, keys) when ``head_mean`` else (batch, heads, rows, keys). A module
+    probabilities of shape (batch, rows, keys) when ``head_mean`` else (batch, heads, rows, keys). With
+    ``raw`` it holds the raw logits ``q·k·scale`` instead (per head, no mask, no softmax: what attention
+    distillation compares), differentiable when the forward is. A module
     called several times in one forward (Qwen-VL's vision attention runs once per image) contributes one
     batch entry per call.
     """
@@ -41,6 +43,7 @@ class TapRecorder:
     module_keys: dict[int, object] = field(default_factory=dict)  # id(attention module) -> key
     requests: dict[object, RowSelector] = field(default_factory=dict)
     head_mean: bool = True
+    raw: bool = False
     parts: dict[object, list[torch.Tensor]] = field(default_factory=dict)
 
     def result(self, key: object) -> torch.Tensor:
@@ -70,6 +73,9 @@ class TapRecorder:
         scale = scaling if scaling is not None else dim**-0.5
         logits = torch.matmul(q, key.float().transpose(-1, -2)) * scale
         logits = logits.reshape(b, heads, len(rows), kv_len)  # (B, H, r, kv)
+        if self.raw:
+            self.parts.setdefault(tap_key, []).append(logits)
+            return
         if attention_mask is not None:
             mask = attention_mask[:, :, rows] if attention_mask.shape[2] == q_len else attention_mask
             if mask.dtype == torch.bool:

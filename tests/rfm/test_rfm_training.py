@@ -1,0 +1,135 @@
+"""RFM training (rfm/training.py) on a tiny host: only the RFM learns, the loss falls, a killed run resumes
+exactly, a checkpoint loads back for its host and is refused by another."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lrs_vqa.models.registry import load_adapter
+from pyramid.dip import DynamicImagePyramid, PyramidOptions
+from pyramid.synth import synthesize_scene
+from rfm.training import (
+    RFMExample,
+    RFMTrainConfig,
+    RFMTrainingError,
+    load_rfm,
+    query_row_logits,
+    train_rfm,
+)
+
+
+@pytest.fixture(scope="module")
+def host(tiny_checkpoint):
+    return load_adapter(tiny_checkpoint("llava_onevision", 11))
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("rfm-scene") / "scene.tif"
+    synthesize_scene(out, (700, 600), seed=4)
+    return out
+
+
+def opener(tmp_path: Path, adapter):
+    from lrs_vqa.answer import pyramid_spec_for
+
+    return lambda p: DynamicImagePyramid.open(
+        p, PyramidOptions(spec=pyramid_spec_for(adapter), cache_dir=tmp_path / "cache")
+    )
+
+
+def examples(scene: Path) -> list[RFMExample]:
+    return [
+        RFMExample(str(scene), "what color is the car?", ((100.0, 100.0, 160.0, 150.0),)),
+        RFMExample(str(scene), "is there a ship?", ((400.0, 300.0, 470.0, 380.0),)),
+    ]
+
+
+def test_raw_rows_are_the_layers_own_logits(host) -> None:
+    """The tap's raw row equals q·k·scale from the layer's own projections (post-norm, post-RoPE), and its
+    softmax is the attention row the probability tap gives."""
+    from transformers import DynamicCache
+
+    from lrs_vqa.engine.taps import TapRecorder, last_row, recording
+
+    inputs = host.stock_prompt(
+        __import__("PIL.Image", fromlist=["Image"]).new("RGB", (64, 48), (90, 140, 60)), "what is it?"
+    )[0].inputs
+    dec = host.decoder
+    with torch.no_grad():
+        raw = query_row_logits(dec.layers, dec.rotary, dec.config, inputs, [1])[0]  # (heads, L)
+        hidden = inputs.embeds
+        cos, sin = dec.rotary(hidden, inputs.position_ids)
+        cache = DynamicCache(config=dec.config)
+        hidden = dec._layer(dec.layers[0], hidden, cos, sin, cache)
+        rec = TapRecorder({id(dec.layers[1].self_attn): 1}, {1: last_row}, head_mean=False)
+        with recording(rec):
+            dec._layer(dec.layers[1], hidden, cos, sin, DynamicCache(config=dec.config))
+        probs = rec.result(1)[0, :, 0]
+    torch.testing.assert_close(torch.softmax(raw, -1), probs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["distill", "boxes"])
+def test_only_the_rfm_learns_and_the_loss_falls(host, scene: Path, tmp_path: Path, target: str) -> None:
+    before = {k: v.clone() for k, v in host.model.state_dict().items()}
+    cfg = RFMTrainConfig(
+        llm_layer_list=(1,), target=target, steps=12, lr=3e-3, max_tiles=4, checkpoint_every=6
+    )
+    out = tmp_path / "rfm"
+    train_rfm(host, examples(scene)[:1], out, cfg, open_pyramid=opener(tmp_path, host))
+    after = host.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the host, bit for bit
+    rows = [__import__("json").loads(x) for x in (out / "train-log.jsonl").read_text().splitlines()]
+    assert len(rows) == 12
+    first, last = sum(r["loss"] for r in rows[:3]) / 3, sum(r["loss"] for r in rows[-3:]) / 3
+    assert last < first, (first, last)
+    rfm = load_rfm(out, host)
+    assert rfm.llm_layer_list == (1,)
+
+
+def test_a_paused_run_resumes_exactly(host, scene: Path, tmp_path: Path) -> None:
+    cfg = RFMTrainConfig(
+        llm_layer_list=(1,), target="both", steps=6, lr=1e-3, max_tiles=3, checkpoint_every=3
+    )
+    whole = train_rfm(host, examples(scene), tmp_path / "a", cfg, open_pyramid=opener(tmp_path, host))
+    train_rfm(host, examples(scene), tmp_path / "b", cfg, open_pyramid=opener(tmp_path, host), stop_at=3)
+    resumed = train_rfm(host, examples(scene), tmp_path / "b", cfg, open_pyramid=opener(tmp_path, host))
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+    other = RFMTrainConfig(llm_layer_list=(1,), target="distill", steps=6, max_tiles=3)
+    with pytest.raises(RFMTrainingError, match="another run"):
+        train_rfm(host, examples(scene), tmp_path / "b", other, open_pyramid=opener(tmp_path, host))
+
+
+def test_bad_setups_are_one_line_errors(host, tiny_checkpoint, scene: Path, tmp_path: Path) -> None:
+    with pytest.raises(RFMTrainingError, match="outside the host"):
+        train_rfm(
+            host,
+            examples(scene),
+            tmp_path / "x",
+            RFMTrainConfig(llm_layer_list=(1, 99)),
+            open_pyramid=opener(tmp_path, host),
+        )
+    with pytest.raises(RFMTrainingError, match="--target"):
+        RFMTrainConfig(target="nope")
+    no_boxes = [RFMExample(str(scene), "q?")]
+    with pytest.raises(RFMTrainingError, match="ground-truth boxes"):
+        train_rfm(
+            host,
+            no_boxes,
+            tmp_path / "y",
+            RFMTrainConfig(target="boxes"),
+            open_pyramid=opener(tmp_path, host),
+        )
+    qwen = load_adapter(tiny_checkpoint("qwen2_vl", 11))
+    with pytest.raises(RFMTrainingError, match="1-D rotary"):
+        train_rfm(
+            qwen,
+            examples(scene),
+            tmp_path / "z",
+            RFMTrainConfig(llm_layer_list=(1,)),
+            open_pyramid=opener(tmp_path, qwen),
+        )
