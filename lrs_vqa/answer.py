@@ -253,10 +253,16 @@ def _answer_with(
             "device": device,
             "dtype": dtype,
             **(
-                {"scorer": options.scorer, "scorer_layers": options.scorer_layers, **asdict(options.c2f)}
+                {
+                    "scorer": options.scorer,
+                    "scorer_layers": options.scorer_layers,
+                    **({"rfm": options.rfm} if options.rfm is not None else {}),
+                    **asdict(options.c2f),
+                }
                 if get_strategy(options.strategy).coarse_to_fine
                 else {}
             ),
             **({"pruner": options.pruner, "budget": options.budget} if options.pruner is not None else {}),
+            **({"positions": options.positions} if options.positions != "original" else {}),
         },
     )

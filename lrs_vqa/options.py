@@ -55,6 +55,7 @@ class AskOptions:
     c2f: C2FOptions = field(default_factory=C2FOptions)
     scorer: str = "attention"  # c2f: "attention" (training-free, any model) | "rfm" (trained RFM weights)
     scorer_layers: int | None = None  # attention scorer: LLM layers to run (None: a quarter of them)
+    rfm: str | None = None  # scorer "rfm": a `lrs-vqa train-rfm` folder (default: the checkpoint's own)
     # A registered token pruner (``pruning.registry``: "fastv", "visionzip+fastv", "fastv:layer=3") and its
     # budget ("64" tokens into the LLM, "avg:128" over layers, "0.25" ratio; a chain takes "192+0.5"). With
     # c2f it compresses the final tiles' tokens in place of the loop's own final prune.

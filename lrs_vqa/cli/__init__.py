@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import sys
 
-from lrs_vqa.cli import ask, batch, evaluate, models, pruners, raster, serve, world  # noqa: F401  (they register)
+from lrs_vqa.cli import (  # noqa: F401  (they register)
+    ask,
+    batch,
+    evaluate,
+    models,
+    pruners,
+    raster,
+    rfm_train,
+    serve,
+    world,
+)
 from lrs_vqa.cli.base import EXIT_BAD_INPUT, app, err
 from lrs_vqa.errors import LrsVqaError
 

@@ -53,6 +53,7 @@ def _parameters() -> list[inspect.Parameter]:
             _ASK.scorer_layers,
             "c2f attention scorer: LLM layers (default: a quarter).",
         ),
+        _option("rfm", str | None, _ASK.rfm, "c2f --scorer rfm: an RFM folder from `lrs-vqa train-rfm`."),
         _option("mode", str, _C2F.mode, f"c2f: {describe_modes()}."),
         _option("keep_ratio", float, _C2F.keep_ratio, "c2f: most tokens a level keeps, as a share."),
         _option(

@@ -3,6 +3,9 @@ usage error (exit code 2)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
 from rich.console import Console
 
@@ -42,3 +45,22 @@ def print_bad_rows(bad_rows: tuple[object, ...] | list[object], what: str, limit
         err.print(f"  {b.describe()}", markup=False, highlight=False)  # type: ignore[attr-defined]
     if len(bad_rows) > limit:
         err.print(f"  ... and {len(bad_rows) - limit} more (all of them with --json)", markup=False)
+
+
+def question_rows(questions: Path, image_root: Path | None, limit: int | None) -> list[tuple[str, Any]]:
+    """(absolute image path, question row) of every row of an LRS-VQA-format file (images relative to
+    ``image_root``, default the file's folder), the first ``limit``; any unusable row is a one-line error."""
+    from lrs_vqa.questions import load_questions, resolve_image
+
+    root = image_root if image_root is not None else questions.parent
+    loaded = load_questions(questions, root)
+    if loaded.bad_rows:
+        first = loaded.bad_rows[0]
+        raise UsageError(
+            f"{questions}: {len(loaded.bad_rows)} unusable row(s), "
+            f"first at line {first.line}: {first.problem}"
+        )
+    rows = loaded.questions[:limit] if limit is not None else loaded.questions
+    if not rows:
+        raise UsageError(f"{questions}: no usable question rows")
+    return [(str(resolve_image(root, q.image)), q) for q in rows]

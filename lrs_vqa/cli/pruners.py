@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lrs_vqa.cli.base import UsageError, app, out
+from lrs_vqa.cli.base import UsageError, app, out, question_rows
 
 
 @app.command()
@@ -147,20 +147,7 @@ def _training_pairs(
     if questions is not None:
         if images:
             raise UsageError("give either --questions or IMAGE... --question, not both")
-        from lrs_vqa.questions import load_questions, resolve_image
-
-        root = image_root if image_root is not None else questions.parent
-        loaded = load_questions(questions, root)
-        if loaded.bad_rows:
-            first = loaded.bad_rows[0]
-            raise UsageError(
-                f"{questions}: {len(loaded.bad_rows)} unusable row(s), "
-                f"first at line {first.line}: {first.problem}"
-            )
-        rows = loaded.questions[: limit if limit is not None else None]
-        if not rows:
-            raise UsageError(f"{questions}: no usable question rows")
-        return [(str(resolve_image(root, q.image)), q.prompt) for q in rows]
+        return [(path, q.prompt) for path, q in question_rows(questions, image_root, limit)]
     if not images:
         raise UsageError("give --questions Q.jsonl (LRS-VQA format) or IMAGE... with --question")
     if not question:

@@ -7,6 +7,7 @@ final tiles (:func:`prune_views`), so the tokens into the LLM total the budget e
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 from lrs_vqa.c2f import C2FResult, make_loop, shift_tiles
@@ -34,10 +35,28 @@ def gather(req: StrategyRequest) -> Gathered:
 def region_scorer(adapter: ModelAdapter, options: AskOptions) -> RegionScorer:
     """The scorer the c2f loop asks (``rfm.scorers``): the trained RFM that came with the model, or the
     attention one."""
+    if options.rfm is not None:
+        if options.scorer != "rfm":
+            raise StrategyError(f"--rfm is read by --scorer rfm, not --scorer {options.scorer}")
+        return trained_rfm_scorer(adapter, options.rfm)
     try:
         return build_scorer(options.scorer, adapter, options.scorer_layers)
     except (UnknownScorerError, ScorerUnavailableError) as exc:
         raise StrategyError(str(exc)) from None
+
+
+_LOADED: weakref.WeakKeyDictionary[ModelAdapter, dict[str, RegionScorer]] = weakref.WeakKeyDictionary()
+
+
+def trained_rfm_scorer(adapter: ModelAdapter, folder: str) -> RegionScorer:
+    """An RFM from ``lrs-vqa train-rfm`` for this adapter, loaded once per (adapter, folder)."""
+    from rfm.module import RFMScorer
+    from rfm.training import load_rfm
+
+    loaded = _LOADED.setdefault(adapter, {})
+    if str(folder) not in loaded:
+        loaded[str(folder)] = RFMScorer(load_rfm(folder, adapter))
+    return loaded[str(folder)]
 
 
 def split_budget(budget: str, sizes: Sequence[int]) -> list[str]:

@@ -133,3 +133,48 @@ def test_bad_setups_are_one_line_errors(host, tiny_checkpoint, scene: Path, tmp_
             RFMTrainConfig(llm_layer_list=(1,)),
             open_pyramid=opener(tmp_path, qwen),
         )
+
+
+def test_cli_trains_on_a_world_bench_and_ask_uses_the_rfm(tmp_path: Path, capsys) -> None:
+    """`lrs-vqa train-rfm world --questions (world-bench) --target both`, then `ask --scorer rfm --rfm DIR`;
+    bad inputs are one-line errors."""
+    import json
+
+    from lrs_vqa.cli import main
+    from lrs_vqa.world.bench_writer import QUESTIONS_FILE, write_world_bench
+
+    write_world_bench(tmp_path / "b", scenes=1, sizes=(1024,), seed=5)
+    qfile = tmp_path / "b" / QUESTIONS_FILE
+    out = tmp_path / "rfm"
+    args = ["train-rfm", "world", "--questions", str(qfile), "--out", str(out), "--layers", "1,2"]
+    assert main([*args, "--target", "both", "--steps", "2", "--max-tiles", "4", "--limit", "3"]) == 0
+    meta = json.loads((out / "rfm.json").read_text())
+    assert meta["llm_layer_list"] == [1, 2] and meta["steps"] == 2
+    row = json.loads(qfile.read_text().splitlines()[0])
+    image = tmp_path / "b" / row["image"] if (tmp_path / "b" / row["image"]).exists() else None
+    assert image is not None
+    ask = ["ask", str(image), "What color is the car?", "--model", "world", "--json"]
+    capsys.readouterr()
+    assert main([*ask, "--scorer", "rfm", "--rfm", str(out), "--max-new-tokens", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["rfm"] == str(out)
+    # bad input: another run's folder, a layer outside the host, --rfm without --scorer rfm
+    assert main([*args, "--target", "distill", "--steps", "2"]) == 2
+    assert "another run" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train-rfm",
+                "world",
+                "--questions",
+                str(qfile),
+                "--out",
+                str(tmp_path / "r2"),
+                "--layers",
+                "1,9",
+            ]
+        )
+        == 2
+    )
+    assert "outside the host" in capsys.readouterr().err
+    assert main([*ask, "--rfm", str(out)]) == 2
+    assert "--scorer rfm" in capsys.readouterr().err
