@@ -350,3 +350,22 @@ def load_rfm(folder: str | Path, adapter: ModelAdapter) -> RegionFocusModule:
     rfm = RegionFocusModule.from_host(adapter, llm_layer_list=meta["llm_layer_list"])
     load_rfm_weights(rfm, folder)
     return rfm.eval()
+
+
+def export_released(rfm: RegionFocusModule, path: str | Path) -> Path:
+    """The RFM's weights under the released LRS-VQA checkpoint keys (``model.mm_projector.token_pruner.*``,
+    reference card §4.2), for LLaVA-largeimg hosts: what ``lrs_vqa.models.largeimg_checkpoint`` reads."""
+    from safetensors.torch import save_file
+
+    from lrs_vqa.models.largeimg_checkpoint import RFM_PREFIX
+
+    path = Path(path)
+    state = {
+        RFM_PREFIX + k: v.detach().contiguous().cpu()
+        for k, v in rfm.state_dict().items()
+        if "rotary" not in k
+    }
+    tmp = path.with_name(path.name + ".part")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+    return path

@@ -42,12 +42,16 @@ def train_rfm_cmd(
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
     stop_at: Annotated[int | None, typer.Option(help="Pause after this step (resume by rerunning).")] = None,
+    export_released: Annotated[
+        bool, typer.Option(help="Also write OUT/rfm-released.safetensors in the LRS-VQA release's keys.")
+    ] = False,
 ) -> None:
     """Train an RFM for MODEL (frozen) from a question file; resumes from OUT after a kill."""
     from lrs_vqa.answer import pyramid_spec_for
     from lrs_vqa.models.registry import load_adapter, resolve_model
     from pyramid.dip import DynamicImagePyramid, PyramidOptions
     from rfm.training import RFMExample, RFMTrainConfig, train_rfm
+    from rfm.training import export_released as export
 
     cfg = RFMTrainConfig(
         llm_layer_list=_layers(layers),
@@ -71,7 +75,7 @@ def train_rfm_cmd(
 
     with Progress() as bar:
         task = bar.add_task("training the RFM", total=cfg.steps)
-        train_rfm(
+        rfm = train_rfm(
             adapter,
             examples,
             out,
@@ -82,4 +86,6 @@ def train_rfm_cmd(
             ),
             stop_at=stop_at,
         )
+    if export_released and stop_at is None:
+        err.print(f"released-layout weights: {export(rfm, out / 'rfm-released.safetensors')}")
     err.print(f"RFM in {out}  (lrs-vqa ask IMAGE QUESTION --model {model} --scorer rfm --rfm {out})")

@@ -147,7 +147,24 @@ def test_cli_trains_on_a_world_bench_and_ask_uses_the_rfm(tmp_path: Path, capsys
     qfile = tmp_path / "b" / QUESTIONS_FILE
     out = tmp_path / "rfm"
     args = ["train-rfm", "world", "--questions", str(qfile), "--out", str(out), "--layers", "1,2"]
-    assert main([*args, "--target", "both", "--steps", "2", "--max-tiles", "4", "--limit", "3"]) == 0
+    assert (
+        main(
+            [
+                *args,
+                "--target",
+                "both",
+                "--steps",
+                "2",
+                "--max-tiles",
+                "4",
+                "--limit",
+                "3",
+                "--export-released",
+            ]
+        )
+        == 0
+    )
+    assert (out / "rfm-released.safetensors").is_file()
     meta = json.loads((out / "rfm.json").read_text())
     assert meta["llm_layer_list"] == [1, 2] and meta["steps"] == 2
     row = json.loads(qfile.read_text().splitlines()[0])
@@ -178,3 +195,27 @@ def test_cli_trains_on_a_world_bench_and_ask_uses_the_rfm(tmp_path: Path, capsys
     assert "outside the host" in capsys.readouterr().err
     assert main([*ask, "--rfm", str(out)]) == 2
     assert "--scorer rfm" in capsys.readouterr().err
+
+
+def test_released_layout_export_round_trips(host, tmp_path: Path) -> None:
+    """Exported under the released keys, routed back by the released loader's key split, loaded into a
+    fresh RFM of the released loader's construction: equal, key for key."""
+    from safetensors.torch import load_file
+
+    from lrs_vqa.models.largeimg_checkpoint import rfm_depth, split_state_dict
+    from lrs_vqa.models.region_focus import RegionFocusModule
+    from rfm.training import export_released
+
+    rfm = RegionFocusModule.from_host(host, llm_layer_list=[1])
+    with torch.no_grad():
+        for p in rfm.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # not just the host's copy
+    path = export_released(rfm, tmp_path / "released.safetensors")
+    parts, unexpected = split_state_dict(load_file(str(path)))
+    assert unexpected == [] and rfm_depth(parts["rfm"]) == 1
+    fresh = RegionFocusModule(host.decoder.config, 1)
+    fresh.load_state_dict(parts["rfm"], strict=False)
+    ours = {k: v for k, v in rfm.state_dict().items() if "rotary" not in k}
+    assert set(parts["rfm"]) == set(ours)
+    for k, v in ours.items():
+        assert torch.equal(fresh.state_dict()[k], v), k
