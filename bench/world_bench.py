@@ -8,6 +8,7 @@ trained on) is asked with each configuration, one question at a time through ``a
 * ``tiles-all-144``   — the thumbnail plus every tile of the finest level with at most 144 tiles (the paper's
                         anyres-p144 analogue on our pyramid);
 * ``c2f/attention``   — the coarse-to-fine loop with the training-free attention scorer;
+* ``c2f/rfm``         — the loop with a Region Focus Module trained by ``lrs-vqa train-rfm`` (``--rfm DIR``);
 * ``oracle``          — the thumbnail plus the native tile(s) under the target's ground-truth box(es)
                         (strategy ``region``); questions without a target (absent objects, rural/urban) get
                         the thumbnail alone.
@@ -53,6 +54,9 @@ CHANCE = {  # uniform guessing over the answers a category has
 }
 
 
+RFM_DIR: list[str] = []  # --rfm: the trained RFM that ``c2f/rfm`` uses
+
+
 def options_for(config: str, row: dict[str, Any]) -> AskOptions:
     if config == "global":
         return AskOptions(strategy="global", max_new_tokens=4)
@@ -60,6 +64,10 @@ def options_for(config: str, row: dict[str, Any]) -> AskOptions:
         return AskOptions(strategy="anyres", max_new_tokens=4)
     if config == "tiles-all-144":
         return AskOptions(strategy="tiles-all", max_tiles=144, max_new_tokens=4)
+    if config == "c2f/rfm":
+        if not RFM_DIR:
+            raise SystemExit("c2f/rfm needs --rfm DIR (a folder from lrs-vqa train-rfm)")
+        return AskOptions(strategy="c2f", scorer="rfm", rfm=RFM_DIR[0], c2f=C2FOptions(), max_new_tokens=4)
     if config.startswith("c2f/"):
         return AskOptions(strategy="c2f", scorer=config.split("/", 1)[1], c2f=C2FOptions(), max_new_tokens=4)
     if config == "oracle":
@@ -211,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="world")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--limit", type=int, default=None, help="first N questions only")
+    ap.add_argument("--rfm", default=None, help="a train-rfm folder: adds the c2f/rfm configuration")
     ap.add_argument("--quick", action="store_true", help="6 scenes of 4096², 60 questions")
     ap.add_argument("--write-results", action="store_true", help="write the table into bench/RESULTS.md")
     args = ap.parse_args(argv)
@@ -231,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
             args.bench, scenes=args.scenes, sizes=sizes, seed=args.seed, overwrite=True, progress=True
         )
     configs = [c for c in args.configs.split(",") if c]
+    if args.rfm:
+        RFM_DIR.append(args.rfm)
+        if "c2f/rfm" not in configs:
+            configs.insert(configs.index("oracle") if "oracle" in configs else len(configs), "c2f/rfm")
     results = run(
         args.bench, args.model, configs, args.limit, args.bench.parent / (args.bench.name + "-answers")
     )
