@@ -186,12 +186,12 @@ def sample_loss(
             mse_image=float(d.mse_image.detach()),
         )
         terms.append(d.loss)
-    if cfg.target in ("boxes", "both"):
-        if sample.target is None:
-            raise RFMTrainingError("a box target needs boxes that meet the sample's tiles")
+    if cfg.target in ("boxes", "both") and sample.target is not None:
         b = box_loss(student[-1][:, sample.local], sample.target)
         logs["box"] = float(b.detach())
         terms.append(b * (cfg.box_weight if cfg.target == "both" else 1.0))
+    if not terms:  # target=boxes, and this sample's tiles miss its boxes: nothing to learn from it
+        return student[-1].sum() * 0.0, {"loss": 0.0}
     loss = sum(terms[1:], terms[0])
     logs["loss"] = float(loss.detach())
     return loss, logs
@@ -221,8 +221,10 @@ def train_rfm(
     """Train (or resume) an RFM for ``adapter`` into ``out``; returns the module (also written there)."""
     if not examples:
         raise RFMTrainingError("no training questions")
-    if cfg.target == "boxes" and not any(e.boxes for e in examples):
-        raise RFMTrainingError("--target boxes needs questions with ground-truth boxes")
+    if cfg.target == "boxes":  # only questions with ground-truth boxes teach a box target
+        examples = [e for e in examples if e.boxes]
+        if not examples:
+            raise RFMTrainingError("--target boxes needs questions with ground-truth boxes")
     check_host(adapter, cfg.llm_layer_list)
     out = Path(out)
     if out.exists() and not out.is_dir():

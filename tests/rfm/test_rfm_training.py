@@ -219,3 +219,14 @@ def test_released_layout_export_round_trips(host, tmp_path: Path) -> None:
     assert set(parts["rfm"]) == set(ours)
     for k, v in ours.items():
         assert torch.equal(fresh.state_dict()[k], v), k
+
+
+def test_questions_without_boxes_distill_only(host, scene: Path, tmp_path: Path) -> None:
+    """target=both: a question without a target (an absent object, rural/urban) still distils; target=boxes
+    trains on the questions that have boxes only."""
+    mixed = [RFMExample(str(scene), "is this rural or urban?"), *examples(scene)]
+    for target in ("both", "boxes"):
+        cfg = RFMTrainConfig(llm_layer_list=(1,), target=target, steps=4, max_tiles=3)
+        train_rfm(host, mixed, tmp_path / target, cfg, open_pyramid=opener(tmp_path, host))
+        rows = (tmp_path / target / "train-log.jsonl").read_text().splitlines()
+        assert len(rows) == 4
