@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lrs_vqa.c2f_modes import mode_names
+from lrs_vqa.engine import POSITION_MODES
 from pyramid.dip import PyramidOptions
 from pyramid.errors import LrsVqaError
 
@@ -65,7 +66,7 @@ class AskOptions:
     positions: str = "original"
 
     def __post_init__(self) -> None:
-        if self.positions not in ("original", "compact"):
+        if self.positions not in POSITION_MODES:
             raise C2FError(f"--positions must be original or compact, got {self.positions!r}")
         # The released one-hop loop has its own final prune and encodes without a pruner's hooks, so a
         # budget would silently not be honoured (seen: visionzip at 16 sent 24 tokens): refuse instead.

@@ -231,6 +231,17 @@ class TinyModelInfo:
     image_size: int  # the vision tower's input size (Qwen2-VL: the minimum side, 56 px)
 
 
+# The tiny vision tower's shape, shared by the CLIP (LLaVA) and SigLIP (OneVision) configs.
+_VISION_KWARGS = {
+    "hidden_size": _VISION_HIDDEN,
+    "intermediate_size": 2 * _VISION_HIDDEN,
+    "num_hidden_layers": _VISION_LAYERS,
+    "num_attention_heads": _VISION_HEADS,
+    "image_size": _IMAGE_SIZE,
+    "patch_size": _PATCH,
+}
+
+
 def _text_kwargs(tok, family: str) -> dict:
     spec = _family_specials(family)
     return {
@@ -259,12 +270,7 @@ def _build_llava(tok):
     )
 
     vision = CLIPVisionConfig(
-        hidden_size=_VISION_HIDDEN,
-        intermediate_size=2 * _VISION_HIDDEN,
-        num_hidden_layers=_VISION_LAYERS,
-        num_attention_heads=_VISION_HEADS,
-        image_size=_IMAGE_SIZE,
-        patch_size=_PATCH,
+        **_VISION_KWARGS,
         projection_dim=_VISION_HIDDEN,
     )
     text = LlamaConfig(**_text_kwargs(tok, "llava"))
@@ -340,12 +346,7 @@ def _build_llava_onevision(tok):
     from transformers import Qwen2Config, SiglipVisionConfig
 
     vision = SiglipVisionConfig(
-        hidden_size=_VISION_HIDDEN,
-        intermediate_size=2 * _VISION_HIDDEN,
-        num_hidden_layers=_VISION_LAYERS,
-        num_attention_heads=_VISION_HEADS,
-        image_size=_IMAGE_SIZE,
-        patch_size=_PATCH,
+        **_VISION_KWARGS,
         vision_use_head=False,
     )
     text = Qwen2Config(**_text_kwargs(tok, "llava_onevision"))

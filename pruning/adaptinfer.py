@@ -82,23 +82,20 @@ def published_counts(
 
 
 def text_prior(text_attention: torch.Tensor) -> torch.Tensor:
-    """(T,) soft prior of the text tokens from their (T, T) attention block (rows: queries, columns: keys):
-    column sums of ``Att + Attᵀ − diag(Att)``."""
+    """(..., T) soft prior of the text tokens from their (..., T, T) attention block (rows: queries,
+    columns: keys), per leading index (e.g. per head): column sums of ``Att + Attᵀ − diag(Att)``."""
     att = text_attention.float()
-    sym = att + att.T - torch.diag(torch.diagonal(att))
-    return sym.sum(0)
+    diag = torch.diag_embed(torch.diagonal(att, dim1=-2, dim2=-1))
+    return (att + att.transpose(-1, -2) - diag).sum(-2)
 
 
 def adaptinfer_scores(text_attention: torch.Tensor, text_to_vision: torch.Tensor) -> torch.Tensor:
     """(V,) scores: the prior-weighted sum over text rows of their attention to each vision token;
     ``text_to_vision`` is (T, V). Given per-head blocks — (H, T, T) and (H, T, V) — the card's form:
     ``Σ_h prior_h · A_h`` (each head's own prior weights that head's rows, summed over heads)."""
-    if text_attention.dim() == 3:
-        return sum(
-            (adaptinfer_scores(a, v) for a, v in zip(text_attention, text_to_vision, strict=True)),
-            torch.zeros(text_to_vision.shape[-1]),
-        )
-    return text_prior(text_attention) @ text_to_vision.float()
+    prior = text_prior(text_attention)
+    scores = (prior.unsqueeze(-2) @ text_to_vision.float()).squeeze(-2)
+    return scores.sum(0) if text_attention.dim() == 3 else scores
 
 
 def change_points(curve: Sequence[float], stages: int) -> tuple[int, ...]:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lrs_vqa.engine.decoder import LayerView, Selection
+from lrs_vqa.engine.tokens import box_overlaps
 from pruning.base import (
     BudgetedVisionHook,
     HookSet,
@@ -96,16 +97,10 @@ def footprint_saliency(
     regions compare across tiles — unlike a tile's own mean saliency, which is normalised inside the tile."""
     g = global_boxes.float()
     f = footprints.float()
-    ix = (torch.minimum(g[:, None, 2], f[None, :, 2]) - torch.maximum(g[:, None, 0], f[None, :, 0])).clamp(
-        min=0
-    )
-    iy = (torch.minimum(g[:, None, 3], f[None, :, 3]) - torch.maximum(g[:, None, 1], f[None, :, 1])).clamp(
-        min=0
-    )
     area_g = ((g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])).clamp(min=1e-9)
     area_f = ((f[:, 2] - f[:, 0]) * (f[:, 3] - f[:, 1])).clamp(min=1e-9)
     density = global_b.float() / area_g
-    return (density[:, None] * ix * iy).sum(0) / area_f
+    return (density[:, None] * box_overlaps(g, f)).sum(0) / area_f
 
 
 def region_saliency(bottom_up: torch.Tensor, partition: torch.Tensor, parts: int) -> torch.Tensor:

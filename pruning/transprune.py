@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lrs_vqa.engine import POSITION_MODES
 from lrs_vqa.engine.decoder import LayerView, Selection
 from pruning.base import HookSet, ModelTarget, Pruner, ScheduledLayerHook, Signal, Stage, map_rows
 from pruning.budget import Budget, Profile, Schedule, round_half_up, scale_layers, solve_schedule
@@ -133,7 +134,7 @@ class TransPruneConfig:
     positions: str = "original"
 
     def __post_init__(self) -> None:
-        if self.positions not in ("original", "compact"):
+        if self.positions not in POSITION_MODES:
             raise PrunerConfigError(
                 f"transprune positions must be original or compact, got {self.positions!r}"
             )

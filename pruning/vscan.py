@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lrs_vqa.engine import POSITION_MODES
 from lrs_vqa.engine.hooks import EncoderSelection
 from pruning.base import HookSet, ModelTarget, Pruner, PrunerHook, Signal, Stage, top_k
 from pruning.budget import Budget, Schedule, round_half_up
@@ -157,7 +158,7 @@ class VScanConfig:
     positions: str = "original"
 
     def __post_init__(self) -> None:
-        if self.positions not in ("original", "compact"):
+        if self.positions not in POSITION_MODES:
             raise PrunerConfigError(f"vscan positions must be original or compact, got {self.positions!r}")
         if not isinstance(self.local_layer, int) or self.local_layer < 0:
             raise PrunerConfigError(f"vscan local_layer must be an integer >= 0, got {self.local_layer!r}")

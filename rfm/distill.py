@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lrs_vqa.engine.tokens import box_overlaps
+
 TEMPERATURE = 2.0
 SKIP_POSITIONS = (1, 2)  # list positions the released loss leaves out
 
@@ -76,15 +78,7 @@ def box_target(token_boxes: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """(n,) target distribution over the local tokens from ground-truth boxes: each token's share is the
     area it overlaps the boxes (level-0 pixels), normalised; tokens without a box (newline markers: NaN)
     get none. All zeros if no token meets a box."""
-    tb = token_boxes.float()
-    b = boxes.float().reshape(-1, 4)
-    ix = (torch.minimum(tb[:, None, 2], b[None, :, 2]) - torch.maximum(tb[:, None, 0], b[None, :, 0])).clamp(
-        min=0
-    )
-    iy = (torch.minimum(tb[:, None, 3], b[None, :, 3]) - torch.maximum(tb[:, None, 1], b[None, :, 1])).clamp(
-        min=0
-    )
-    overlap = torch.nan_to_num(ix * iy, nan=0.0).sum(1)
+    overlap = torch.nan_to_num(box_overlaps(token_boxes, boxes), nan=0.0).sum(1)
     total = overlap.sum()
     return overlap / total if total > 0 else overlap
 

@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache
 
+from lrs_vqa.engine import POSITION_MODES
 from lrs_vqa.engine.taps import TapRecorder, fixed_rows, recording
 
 
@@ -242,9 +243,6 @@ def _cache_argument(layer_type: type) -> str:
     ``past_key_values`` is deprecated (removed in 5.40); older 5.x layers only know ``past_key_values``."""
     params = inspect.signature(layer_type.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
-
-
-POSITION_MODES = ("original", "compact")
 
 
 def _compact_positions(mode: str, hooks: Sequence[object]) -> bool:

@@ -59,3 +59,12 @@ class VisionSegment:
     tokens_encoded: int = 0  # tokens the encoder produced for these tiles, before any selection
     qwen_grids: list[tuple[int, int, int]] | None = None  # per encoded image (t, h, w), Qwen-VL only
     qwen_keep: torch.Tensor | None = None  # Qwen-VL: which of the full-grid tokens survive unpadding
+
+
+def box_overlaps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(n, m) intersection areas of level-0 boxes ``a`` (n, 4) and ``b`` (m, 4), x0, y0, x1, y1 (fp32; a NaN
+    box gives NaN)."""
+    a, b = a.float(), b.float().reshape(-1, 4)
+    ix = torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0])
+    iy = torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1])
+    return ix.clamp(min=0) * iy.clamp(min=0)
