@@ -54,7 +54,7 @@ CHANCE = {  # uniform guessing over the answers a category has
 }
 
 
-RFM_DIR: list[str] = []  # --rfm: the trained RFM that ``c2f/rfm`` uses
+RFM_DIRS: dict[str, str] = {}  # --rfm [NAME=]DIR: config c2f/rfm or c2f/rfm-NAME → its train-rfm folder
 
 
 def options_for(config: str, row: dict[str, Any]) -> AskOptions:
@@ -64,10 +64,12 @@ def options_for(config: str, row: dict[str, Any]) -> AskOptions:
         return AskOptions(strategy="anyres", max_new_tokens=4)
     if config == "tiles-all-144":
         return AskOptions(strategy="tiles-all", max_tiles=144, max_new_tokens=4)
-    if config == "c2f/rfm":
-        if not RFM_DIR:
-            raise SystemExit("c2f/rfm needs --rfm DIR (a folder from lrs-vqa train-rfm)")
-        return AskOptions(strategy="c2f", scorer="rfm", rfm=RFM_DIR[0], c2f=C2FOptions(), max_new_tokens=4)
+    if config.startswith("c2f/rfm"):
+        if config not in RFM_DIRS:
+            raise SystemExit(f"{config} needs --rfm [NAME=]DIR (a folder from lrs-vqa train-rfm)")
+        return AskOptions(
+            strategy="c2f", scorer="rfm", rfm=RFM_DIRS[config], c2f=C2FOptions(), max_new_tokens=4
+        )
     if config.startswith("c2f/"):
         return AskOptions(strategy="c2f", scorer=config.split("/", 1)[1], c2f=C2FOptions(), max_new_tokens=4)
     if config == "oracle":
@@ -219,7 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="world")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--limit", type=int, default=None, help="first N questions only")
-    ap.add_argument("--rfm", default=None, help="a train-rfm folder: adds the c2f/rfm configuration")
+    ap.add_argument(
+        "--rfm",
+        action="append",
+        default=[],
+        help="[NAME=]DIR, a train-rfm folder: adds the c2f/rfm (c2f/rfm-NAME) configuration; repeatable",
+    )
     ap.add_argument("--quick", action="store_true", help="6 scenes of 4096², 60 questions")
     ap.add_argument("--write-results", action="store_true", help="write the table into bench/RESULTS.md")
     args = ap.parse_args(argv)
@@ -240,10 +247,12 @@ def main(argv: list[str] | None = None) -> int:
             args.bench, scenes=args.scenes, sizes=sizes, seed=args.seed, overwrite=True, progress=True
         )
     configs = [c for c in args.configs.split(",") if c]
-    if args.rfm:
-        RFM_DIR.append(args.rfm)
-        if "c2f/rfm" not in configs:
-            configs.insert(configs.index("oracle") if "oracle" in configs else len(configs), "c2f/rfm")
+    for spec in args.rfm:
+        name, _, folder = spec.rpartition("=")
+        config = f"c2f/rfm-{name}" if name else "c2f/rfm"
+        RFM_DIRS[config] = folder
+        if config not in configs:
+            configs.insert(configs.index("oracle") if "oracle" in configs else len(configs), config)
     results = run(
         args.bench, args.model, configs, args.limit, args.bench.parent / (args.bench.name + "-answers")
     )

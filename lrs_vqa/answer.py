@@ -28,6 +28,7 @@ from lrs_vqa.records import AnswerRecord, RunStats, TileRecord
 from lrs_vqa.strategies import Gathered, StrategyError, StrategyRequest, get_strategy, strategy_names
 from pyramid.dip import DynamicImagePyramid
 from pyramid.pool import PyramidPool
+from rfm.scorers import resolve_scorer_name
 
 if TYPE_CHECKING:
     from pruning.base import Attachment
@@ -254,7 +255,7 @@ def _answer_with(
             "dtype": dtype,
             **(
                 {
-                    "scorer": options.scorer,
+                    "scorer": "rfm" if options.rfm else resolve_scorer_name(options.scorer, adapter),
                     "scorer_layers": options.scorer_layers,
                     **({"rfm": options.rfm} if options.rfm is not None else {}),
                     **asdict(options.c2f),

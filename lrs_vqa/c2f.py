@@ -11,10 +11,12 @@ code takes exactly one hop with a fixed 25 % keep ratio; see the reference card 
    overlaps, by overlap area: exact content extents, no padding misalignment.
 3. **Zoom or stop.** If every candidate fits in ``max_tiles_per_level``, they are all read (the zoom is
    bounded anyway). Otherwise the best ``max_tiles_per_level`` are read only if the map is concentrated:
-   they hold at least ``min_focus_share`` of the view's whole score mass and are at least ``min_lift`` times
-   denser than the view's average (mass share / area share). A uniform map fails the lift test (top 16 of
-   25 tiles always hold 64 % of it), so the loop stops at the current level instead of zooming into an
-   arbitrary subset. It also stops at the native resolution.
+   they hold at least ``min_focus_share`` of the view's whole score mass, and their *gain* — how much of the
+   mass they could hold beyond their area share they do hold, ``(share − area share) / (1 − area share)`` —
+   is at least ``min_gain``. A uniform map has gain 0 (top 16 of 25 tiles hold 64 % of it, their area
+   share), so the loop stops at the current level instead of zooming into an arbitrary subset; a ratio test
+   (mass share / area share) could not pass there at all, since 16 of 25 tiles allow at most 1.56. It also
+   stops at the native resolution.
 4. **Final prune.** The last level's tokens are pruned the same way as in step 1 (score mass, ``keep_ratio``
    cap) and further to fit ``budget_tokens`` vision tokens into the LLM, counting the thumbnail, newline
    markers and, with ``keep_coarse``, the coarse level's focus tokens kept as context.
@@ -58,6 +60,7 @@ class LevelStep:
     next_scores: tuple[float, ...] = ()
     focus_share: float | None = None  # share of the view's score mass the next tiles hold
     lift: float | None = None  # that share over the share of the view's area they cover
+    gain: float | None = None  # (share − area share) / (1 − area share): 0 uniform, 1 all the mass
     next_boxes: tuple[PixelBox, ...] = ()  # level-0 boxes of next_tiles where they are not pyramid tiles
 
     def describe(self) -> dict[str, object]:
@@ -74,6 +77,7 @@ class LevelStep:
             "next_scores": [round(s, 6) for s in self.next_scores],
             "focus_share": None if self.focus_share is None else round(self.focus_share, 4),
             "lift": None if self.lift is None else round(self.lift, 3),
+            "gain": None if self.gain is None else round(self.gain, 3),
         }
 
 
@@ -228,14 +232,15 @@ class CoarseToFine:
     @staticmethod
     def _concentration(
         dip: DynamicImagePyramid, level: int, scores: TokenScores, chosen: Sequence[TileKey]
-    ) -> tuple[float, float]:
-        """Share of the view's whole score mass inside ``chosen`` (next-level tiles), and its lift: that
-        share over the share of the view's area they cover (1 = no denser than average)."""
+    ) -> tuple[float, float, float]:
+        """Share of the view's whole score mass inside ``chosen`` (next-level tiles), its lift: that share
+        over the share of the view's area they cover (1 = no denser than average), and its gain (see the
+        module docstring)."""
         real = torch.nonzero(~scores.meta.newline).flatten()
         votes = tile_votes(dip, level, scores.meta.boxes[real], scores.scores[real])
         total = sum(votes.values())
         if total <= 0 or not chosen:
-            return 0.0, 0.0
+            return 0.0, 0.0, 0.0
         lvl = dip.level(level)
 
         def area(key: TileKey) -> int:
@@ -243,7 +248,8 @@ class CoarseToFine:
 
         share = sum(votes.get(k, 0.0) for k in chosen) / total
         area_share = sum(area(k) for k in chosen) / max(sum(area(k) for k in votes), 1)
-        return share, share / max(area_share, 1e-12)
+        gain = (share - area_share) / (1 - area_share) if area_share < 1 else 0.0
+        return share, share / max(area_share, 1e-12), gain
 
     def run(self, dip: DynamicImagePyramid, question: str) -> C2FResult:
         opt = self.options
@@ -292,11 +298,11 @@ class CoarseToFine:
             votes = tile_votes(dip, index + 1, scores.meta.boxes[focus], scores.scores[focus])
             ranked = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0].row, kv[0].col))
             chosen = ranked[: opt.max_tiles_per_level]
-            share, lift = self._concentration(dip, index + 1, scores, [k for k, _ in chosen])
+            share, lift, gain = self._concentration(dip, index + 1, scores, [k for k, _ in chosen])
             # All candidates fit the cap: the zoom is bounded anyway. Otherwise only a concentrated map may
             # zoom: a uniform one would pick an arbitrary subset (top 16 of 25 tiles always hold 64 %).
             fits = len(ranked) <= opt.max_tiles_per_level
-            zoom = bool(chosen) and (fits or (share >= opt.min_focus_share and lift >= opt.min_lift))
+            zoom = bool(chosen) and (fits or (share >= opt.min_focus_share and gain >= opt.min_gain))
             steps.append(
                 LevelStep(
                     **base,
@@ -305,6 +311,7 @@ class CoarseToFine:
                     next_scores=tuple(v for _, v in chosen),
                     focus_share=share,
                     lift=lift,
+                    gain=gain,
                 )
             )
             if not zoom:

@@ -24,6 +24,7 @@ ScorerBuilder = Callable[["ModelAdapter", "int | None"], "RegionScorer"]
 
 # name -> (module that registers it, help), in the order the CLI lists them
 BUILTIN: dict[str, tuple[str, str]] = {
+    "auto": ("rfm.scorers", "the model's trained RFM if it ships one, else attention"),
     "attention": ("rfm.attention", "any model"),
     "rfm": ("rfm.module", "trained RFM"),
 }
@@ -63,6 +64,15 @@ def scorer_names() -> tuple[str, ...]:
     return tuple(dict.fromkeys([*BUILTIN, *SCORERS]))
 
 
+def resolve_scorer_name(name: str, adapter: ModelAdapter) -> str:
+    """``auto`` → ``rfm`` when the model carries a trained Region Focus Module (a released LRS-VQA
+    checkpoint, or a model folder with an ``rfm/`` from ``lrs-vqa train-rfm``), else ``attention``; any
+    other name unchanged."""
+    if name != "auto":
+        return name
+    return "rfm" if getattr(adapter, "region_focus_module", None) is not None else "attention"
+
+
 def get_scorer(name: str) -> ScorerInfo:
     if name not in SCORERS and name in BUILTIN:
         importlib.import_module(BUILTIN[name][0])
@@ -74,7 +84,7 @@ def get_scorer(name: str) -> ScorerInfo:
 def build_scorer(name: str, adapter: ModelAdapter, layers: int | None = None) -> RegionScorer:
     """The scorer ``name`` for ``adapter``; ``UnknownScorerError`` / ``ScorerUnavailableError`` otherwise
     (``layers`` outside 1..the model's LLM layers is a ``ScorerUnavailableError`` too)."""
-    info = get_scorer(name)
+    info = get_scorer(resolve_scorer_name(name, adapter))
     if layers is not None:
         total = adapter.llm_shape().layers
         if not 1 <= layers <= total:

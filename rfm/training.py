@@ -15,6 +15,7 @@ training settings); ``train-state.pt`` holds the optimiser to resume after a kil
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from transformers import DynamicCache
 from lrs_vqa.engine.decoder import DecoderLoop, PrefillInputs
 from lrs_vqa.engine.taps import TapRecorder, last_row, recording
 from lrs_vqa.models.region_focus import RegionFocusModule
+from lrs_vqa.models.rfm_checkpoint import CONFIG, FORMAT, WEIGHTS, load_rfm_weights
 from pyramid.errors import LrsVqaError
 from rfm.base import local_rows
 from rfm.distill import box_loss, box_target, distill_terms
@@ -35,9 +37,6 @@ if TYPE_CHECKING:
     from lrs_vqa.models.base import ModelAdapter
     from pyramid.dip import DynamicImagePyramid
 
-FORMAT = "lrs-vqa rfm/1"
-WEIGHTS = "rfm.safetensors"
-CONFIG = "rfm.json"
 STATE = "train-state.pt"
 TARGETS = ("distill", "boxes", "both")
 
@@ -55,7 +54,7 @@ class RFMTrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     accumulate: int = 1  # samples per optimiser step
-    max_tiles: int = 16  # tiles of a level per sample (the target's first, then random ones)
+    max_tiles: int = 16  # tiles of a level per sample: a window of adjacent tiles around the target
     seed: int = 0
     checkpoint_every: int = 50
     skip: tuple[int, ...] = field(default=(1, 2))  # layer-list positions the distillation leaves out
@@ -121,6 +120,14 @@ def check_host(adapter: ModelAdapter, layer_list: Sequence[int]) -> None:
         )
 
 
+def window_shape(rows: int, cols: int, max_tiles: int) -> tuple[int, int]:
+    """The largest near-square window of at most ``max_tiles`` tiles that fits a ``rows`` × ``cols`` grid."""
+    h = max(1, min(rows, math.isqrt(max_tiles)))
+    w = max(1, min(cols, max_tiles // h))
+    h = max(1, min(rows, max_tiles // w))
+    return h, w
+
+
 def build_sample(
     adapter: ModelAdapter,
     dip: DynamicImagePyramid,
@@ -129,20 +136,31 @@ def build_sample(
     generator: torch.Generator,
     max_tiles: int,
 ) -> RFMSample:
-    """Thumbnail + up to ``max_tiles`` tiles of ``level`` (those over the example's boxes first, then
-    random ones, in raster order) and the question, as the host would read them."""
+    """Thumbnail + a window of up to ``max_tiles`` adjacent tiles of ``level`` and the question, as the host
+    would read them. The window holds a tile of the example's first box at a random place (or lies anywhere
+    when there is no box): what the descent shows the scorer, a neighbourhood where the target competes with
+    its surroundings, not with random far-away tiles that are mostly empty."""
+    from pyramid.dip import TileKey
     from pyramid.levels import PixelBox
 
-    every = dip.all_tiles(level)
-    chosen: list = []
+    lvl = dip.level(level)
+    h, w = window_shape(lvl.rows, lvl.cols, max_tiles)
+
+    def pick(lo: int, hi: int) -> int:
+        return lo + int(torch.randint(hi - lo + 1, (1,), generator=generator))
+
+    anchor = None
     for box in example.boxes:
-        for key in dip.tiles_covering(level, PixelBox(*(round(v) for v in box))):
-            if key not in chosen:
-                chosen.append(key)
-    rest = [k for k in every if k not in chosen]
-    order = torch.randperm(len(rest), generator=generator).tolist()
-    chosen = (chosen + [rest[i] for i in order])[:max_tiles]
-    chosen.sort(key=lambda k: (k.row, k.col))
+        keys = dip.tiles_covering(level, PixelBox(*(round(v) for v in box)))
+        if keys:
+            anchor = keys[0]
+            break
+    if anchor is None:
+        r0, c0 = pick(0, lvl.rows - h), pick(0, lvl.cols - w)
+    else:
+        r0 = pick(max(0, anchor.row - h + 1), min(anchor.row, lvl.rows - h))
+        c0 = pick(max(0, anchor.col - w + 1), min(anchor.col, lvl.cols - w))
+    chosen = [TileKey(level, r, c) for r in range(r0, r0 + h) for c in range(c0, c0 + w)]
     with torch.no_grad():
         thumb = adapter.encode_tiles([dip.thumbnail()], newlines=False, level=-1)
         tiles = list(dip.stream(chosen))
@@ -321,37 +339,6 @@ def _resume(out: Path, fingerprint: dict, rfm: RegionFocusModule, opt) -> int:
     load_rfm_weights(rfm, out)
     opt.load_state_dict(state["optimizer"])
     return int(state["step"])
-
-
-def load_rfm_weights(rfm: RegionFocusModule, folder: str | Path) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(Path(folder) / WEIGHTS))
-    missing, unexpected = rfm.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if "rotary" not in k]:
-        raise RFMTrainingError(f"{folder}: RFM weights do not fit this host")
-
-
-def load_rfm(folder: str | Path, adapter: ModelAdapter) -> RegionFocusModule:
-    """An RFM trained by :func:`train_rfm` for ``adapter``'s host; a checkpoint for another host (hidden
-    size or depth) is a one-line error."""
-    folder = Path(folder)
-    try:
-        meta = json.loads((folder / CONFIG).read_text())
-    except (OSError, ValueError):
-        raise RFMTrainingError(f"{folder}: not an RFM checkpoint (no readable {CONFIG})") from None
-    if meta.get("format") != FORMAT:
-        raise RFMTrainingError(f"{folder}: not an {FORMAT} checkpoint")
-    hidden = int(adapter.decoder.config.hidden_size)
-    depth = len(adapter.decoder.layers)
-    if meta.get("hidden_size") != hidden or meta.get("host_layers") != depth:
-        raise RFMTrainingError(
-            f"{folder} was trained for a host with hidden size {meta.get('hidden_size')} and "
-            f"{meta.get('host_layers')} layers; this model has {hidden} and {depth}"
-        )
-    rfm = RegionFocusModule.from_host(adapter, llm_layer_list=meta["llm_layer_list"])
-    load_rfm_weights(rfm, folder)
-    return rfm.eval()
 
 
 def export_released(rfm: RegionFocusModule, path: str | Path) -> Path:

@@ -13,6 +13,7 @@ from lrs_vqa.models.largeimg import LargeImgAdapter
 from lrs_vqa.models.llava import LlavaAdapter
 from lrs_vqa.models.qwen2_vl import Qwen2VLAdapter
 from lrs_vqa.models.random_weights import is_random_tiny_model
+from lrs_vqa.models.rfm_checkpoint import attached_rfm, load_rfm
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {}
 
@@ -100,6 +101,9 @@ def load_adapter(source: str, *, device: str = "cpu", dtype: str = "float32") ->
     random_weights = os.path.isdir(source) and is_random_tiny_model(source)
     adapter = adapter_cls(model, processor, source=source, random_weights=random_weights)
     adapter.synthetic_world = os.path.isdir(source) and is_world_model(source)
+    rfm_folder = attached_rfm(source) if os.path.isdir(source) else None
+    if rfm_folder is not None:  # the model ships a trained Region Focus Module (``--scorer auto`` uses it)
+        adapter.region_focus_module = load_rfm(rfm_folder, adapter)
     return adapter
 
 

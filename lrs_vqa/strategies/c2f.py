@@ -36,7 +36,7 @@ def region_scorer(adapter: ModelAdapter, options: AskOptions) -> RegionScorer:
     """The scorer the c2f loop asks (``rfm.scorers``): the trained RFM that came with the model, or the
     attention one."""
     if options.rfm is not None:
-        if options.scorer != "rfm":
+        if options.scorer not in ("rfm", "auto"):
             raise StrategyError(f"--rfm is read by --scorer rfm, not --scorer {options.scorer}")
         return trained_rfm_scorer(adapter, options.rfm)
     try:
@@ -50,8 +50,8 @@ _LOADED: weakref.WeakKeyDictionary[ModelAdapter, dict[str, RegionScorer]] = weak
 
 def trained_rfm_scorer(adapter: ModelAdapter, folder: str) -> RegionScorer:
     """An RFM from ``lrs-vqa train-rfm`` for this adapter, loaded once per (adapter, folder)."""
+    from lrs_vqa.models.rfm_checkpoint import load_rfm
     from rfm.module import RFMScorer
-    from rfm.training import load_rfm
 
     loaded = _LOADED.setdefault(adapter, {})
     if str(folder) not in loaded:

@@ -252,7 +252,7 @@ def test_the_defaults_are_the_papers_and_declared_once():
     )
     assert (ask.strategy, ask.scorer, ask.max_vision_tokens, ask.max_new_tokens) == (
         "c2f",
-        "attention",
+        "auto",
         16384,
         32,
     )

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from lrs_vqa.models.registry import load_adapter
-from pyramid.dip import DynamicImagePyramid, PyramidOptions
+from lrs_vqa.models.rfm_checkpoint import load_rfm
+from pyramid.dip import DynamicImagePyramid, PyramidOptions, TileKey
+from pyramid.levels import PixelBox
 from pyramid.synth import synthesize_scene
 from rfm.training import (
     RFMExample,
     RFMTrainConfig,
     RFMTrainingError,
-    load_rfm,
     query_row_logits,
     train_rfm,
 )
@@ -174,7 +175,8 @@ def test_cli_trains_on_a_world_bench_and_ask_uses_the_rfm(tmp_path: Path, capsys
     capsys.readouterr()
     assert main([*ask, "--scorer", "rfm", "--rfm", str(out), "--max-new-tokens", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["settings"]["rfm"] == str(out)
-    # bad input: another run's folder, a layer outside the host, --rfm without --scorer rfm
+    # --rfm with the default scorer (auto) uses it; bad input: another run's folder, a layer outside the
+    # host, --rfm with --scorer attention
     assert main([*args, "--target", "distill", "--steps", "2"]) == 2
     assert "another run" in capsys.readouterr().err
     assert (
@@ -193,8 +195,10 @@ def test_cli_trains_on_a_world_bench_and_ask_uses_the_rfm(tmp_path: Path, capsys
         == 2
     )
     assert "outside the host" in capsys.readouterr().err
-    assert main([*ask, "--rfm", str(out)]) == 2
+    assert main([*ask, "--scorer", "attention", "--rfm", str(out)]) == 2
     assert "--scorer rfm" in capsys.readouterr().err
+    assert main([*ask, "--rfm", str(out), "--max-new-tokens", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["scorer"] == "rfm"
 
 
 def test_released_layout_export_round_trips(host, tmp_path: Path) -> None:
@@ -230,3 +234,75 @@ def test_questions_without_boxes_distill_only(host, scene: Path, tmp_path: Path)
         train_rfm(host, mixed, tmp_path / target, cfg, open_pyramid=opener(tmp_path, host))
         rows = (tmp_path / target / "train-log.jsonl").read_text().splitlines()
         assert len(rows) == 4
+
+
+def test_a_box_trained_rfm_finds_the_planted_target_the_untrained_one_misses(
+    host, tmp_path: Path
+) -> None:
+    """On a world scene (objects planted, boxes known), an RFM trained on the target's box ranks the target's
+    tile first among the native tiles around it; the host-initialised RFM it starts from ranks another."""
+    import json
+
+    from lrs_vqa.c2f import tile_mass
+    from lrs_vqa.models.region_focus import RegionFocusModule
+    from lrs_vqa.world.bench_writer import QUESTIONS_FILE, write_world_bench
+    from rfm.module import RFMScorer
+    from rfm.training import window_shape
+
+    bench = tmp_path / "bench"
+    write_world_bench(bench, scenes=1, sizes=(1024,), seed=3)
+    rows = [json.loads(x) for x in (bench / QUESTIONS_FILE).read_text().splitlines()]
+    row = next(r for r in rows if r.get("target_boxes") and r["category"] == "object color")
+    image, box = str(bench / row["image"]), tuple(row["target_boxes"][0])
+    example = RFMExample(image, row["text"], (box,))
+    open_pyramid = opener(tmp_path, host)
+    dip = open_pyramid(image)
+    native = len(dip.levels) - 1
+
+    def top_tile_is_target(rfm: RegionFocusModule) -> bool:
+        lvl = dip.level(native)
+        h, w = window_shape(lvl.rows, lvl.cols, 16)
+        anchor = dip.tiles_covering(native, PixelBox(*(round(v) for v in box)))[0]
+        r0, c0 = min(anchor.row, lvl.rows - h), min(anchor.col, lvl.cols - w)
+        keys = [TileKey(native, r, c) for r in range(r0, r0 + h) for c in range(c0, c0 + w)]
+        with torch.no_grad():
+            thumb = host.encode_tiles([dip.thumbnail()], newlines=False, level=-1)
+            seg = host.encode_tiles(list(dip.stream(keys)), newlines=True, level=native)
+            mass = tile_mass(RFMScorer(rfm).score(host, row["text"], [thumb, seg], 1), len(keys))
+        best = keys[max(range(len(keys)), key=mass.__getitem__)]
+        targets = dip.tiles_covering(native, PixelBox(*(round(v) for v in box)))
+        return best in targets and len(keys) > len(targets)
+
+    untrained = RegionFocusModule.from_host(host, llm_layer_list=[1]).eval()
+    cfg = RFMTrainConfig(llm_layer_list=(1,), target="boxes", steps=30, lr=3e-3, max_tiles=16)
+    trained = train_rfm(host, [example], tmp_path / "rfm", cfg, open_pyramid=open_pyramid)
+    assert not top_tile_is_target(untrained)
+    assert top_tile_is_target(trained)
+    dip.close()
+
+
+def test_a_model_folder_ships_its_rfm_and_auto_uses_it(tiny_checkpoint, scene: Path, tmp_path: Path) -> None:
+    """A model folder with an ``rfm/`` from train-rfm: the loader attaches it, ``--scorer auto`` (the default)
+    runs it and the record says so; a folder without one keeps the attention scorer."""
+    import shutil
+
+    from lrs_vqa.answer import AskOptions, answer
+    from rfm.scorers import resolve_scorer_name
+
+    plain = tiny_checkpoint("llava_onevision", 11)
+    model = tmp_path / "model"
+    shutil.copytree(plain, model)
+    host = load_adapter(str(model))
+    assert resolve_scorer_name("auto", host) == "attention"
+    cfg = RFMTrainConfig(llm_layer_list=(1,), target="boxes", steps=2, max_tiles=3)
+    trained = train_rfm(host, examples(scene), model / "rfm", cfg, open_pyramid=opener(tmp_path, host))
+    shipped = load_adapter(str(model))
+    assert resolve_scorer_name("auto", shipped) == "rfm"
+    for (k, v), (k2, v2) in zip(
+        trained.state_dict().items(), shipped.region_focus_module.state_dict().items(), strict=True
+    ):
+        assert k == k2 and torch.equal(v, v2)
+    record = answer(scene, "what color is the car?", model=shipped, options=AskOptions(max_new_tokens=1))
+    assert record.settings["scorer"] == "rfm"
+    record = answer(scene, "what color is the car?", model=host, options=AskOptions(max_new_tokens=1))
+    assert record.settings["scorer"] == "attention"
