@@ -236,9 +236,7 @@ def test_questions_without_boxes_distill_only(host, scene: Path, tmp_path: Path)
         assert len(rows) == 4
 
 
-def test_a_box_trained_rfm_finds_the_planted_target_the_untrained_one_misses(
-    host, tmp_path: Path
-) -> None:
+def test_a_box_trained_rfm_finds_the_planted_target_the_untrained_one_misses(host, tmp_path: Path) -> None:
     """On a world scene (objects planted, boxes known), an RFM trained on the target's box ranks the target's
     tile first among the native tiles around it; the host-initialised RFM it starts from ranks another."""
     import json
