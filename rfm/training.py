@@ -35,7 +35,7 @@ from rfm.distill import box_loss, box_target, distill_terms
 
 if TYPE_CHECKING:
     from lrs_vqa.models.base import ModelAdapter
-    from pyramid.dip import DynamicImagePyramid
+    from pyramid.dip import DynamicImagePyramid, TileKey
 
 STATE = "train-state.pt"
 TARGETS = ("distill", "boxes", "both")
@@ -128,18 +128,15 @@ def window_shape(rows: int, cols: int, max_tiles: int) -> tuple[int, int]:
     return h, w
 
 
-def build_sample(
-    adapter: ModelAdapter,
+def window_around(
     dip: DynamicImagePyramid,
-    example: RFMExample,
     level: int,
-    generator: torch.Generator,
+    box: Sequence[float] | None,
     max_tiles: int,
-) -> RFMSample:
-    """Thumbnail + a window of up to ``max_tiles`` adjacent tiles of ``level`` and the question, as the host
-    would read them. The window holds a tile of the example's first box at a random place (or lies anywhere
-    when there is no box): what the descent shows the scorer, a neighbourhood where the target competes with
-    its surroundings, not with random far-away tiles that are mostly empty."""
+    generator: torch.Generator,
+) -> list[TileKey]:
+    """A window of up to ``max_tiles`` adjacent tiles of ``level`` (raster order) holding a tile of ``box``
+    (level-0 pixels) at a random place, or lying anywhere when ``box`` is None or off the image."""
     from pyramid.dip import TileKey
     from pyramid.levels import PixelBox
 
@@ -149,18 +146,29 @@ def build_sample(
     def pick(lo: int, hi: int) -> int:
         return lo + int(torch.randint(hi - lo + 1, (1,), generator=generator))
 
-    anchor = None
-    for box in example.boxes:
-        keys = dip.tiles_covering(level, PixelBox(*(round(v) for v in box)))
-        if keys:
-            anchor = keys[0]
-            break
-    if anchor is None:
+    keys = dip.tiles_covering(level, PixelBox(*(round(v) for v in box))) if box is not None else []
+    if not keys:
         r0, c0 = pick(0, lvl.rows - h), pick(0, lvl.cols - w)
     else:
+        anchor = keys[0]
         r0 = pick(max(0, anchor.row - h + 1), min(anchor.row, lvl.rows - h))
         c0 = pick(max(0, anchor.col - w + 1), min(anchor.col, lvl.cols - w))
-    chosen = [TileKey(level, r, c) for r in range(r0, r0 + h) for c in range(c0, c0 + w)]
+    return [TileKey(level, r, c) for r in range(r0, r0 + h) for c in range(c0, c0 + w)]
+
+
+def build_sample(
+    adapter: ModelAdapter,
+    dip: DynamicImagePyramid,
+    example: RFMExample,
+    level: int,
+    generator: torch.Generator,
+    max_tiles: int,
+) -> RFMSample:
+    """Thumbnail + a window of up to ``max_tiles`` adjacent tiles of ``level`` and the question, as the host
+    would read them: a window around the example's first box (:func:`window_around`), or anywhere when it
+    has none. That is what the descent shows the scorer: a neighbourhood, where the target competes with its
+    surroundings, not random far-away tiles that are mostly empty."""
+    chosen = window_around(dip, level, example.boxes[0] if example.boxes else None, max_tiles, generator)
     with torch.no_grad():
         thumb = adapter.encode_tiles([dip.thumbnail()], newlines=False, level=-1)
         tiles = list(dip.stream(chosen))
