@@ -39,6 +39,9 @@ class ServeConfig:
     device: str = "cpu"
     dtype: str = "float32"
     allow_dir: Path | None = None  # server-side paths under this folder may be asked about
+    # Remote COG URLs / STAC items in the server-path field: off by default, since the server would fetch
+    # whatever URL a visitor types (from its own network and with its own credentials).
+    allow_remote: bool = False
     max_upload_mb: int = 2048
     examples_dir: Path = field(default_factory=default_cache_dir)
     queue_size: int = 16  # jobs waiting behind the running one

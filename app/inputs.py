@@ -6,6 +6,7 @@ from pathlib import Path
 
 from app.config import UPLOAD_SUFFIXES, ServeConfig
 from pyramid.errors import LrsVqaError
+from pyramid.remote import is_location
 
 
 class InputError(LrsVqaError, ValueError):
@@ -23,8 +24,9 @@ def resolve_input(
     server_path: str | None,
     config: ServeConfig,
     examples: dict[str, Path],
-) -> Path:
-    """The image to open. An upload wins over a server path, which wins over an example."""
+) -> Path | str:
+    """The image to open. An upload wins over a server path, which wins over an example. A server path
+    may be a COG URL or a STAC item URL when the server allows remote input (returned as written)."""
     if upload:
         path = Path(upload)
         _check_suffix(path)
@@ -34,6 +36,10 @@ def resolve_input(
                 f"{path.name} is {size / 2**20:.0f} MB, above the {config.max_upload_mb} MB limit"
             )
         return path
+    if server_path and is_location(server_path.strip()):
+        if not config.allow_remote:
+            raise InputError("remote URLs are disabled (start the server with --allow-remote)")
+        return server_path.strip()
     if server_path and server_path.strip():
         if config.allow_dir is None:
             raise InputError("server-side paths are disabled (start the server with --allow-dir)")

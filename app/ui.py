@@ -90,7 +90,7 @@ class Asker:
         budget: str | None = "",
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Outputs]:
-        path: Path | None = None
+        path: Path | str | None = None  # str: a URL (--allow-remote)
         try:
             path = resolve_input(upload, example, server_path, self.config, self.examples)
             if not (question or "").strip():
@@ -114,12 +114,12 @@ class Asker:
             raise
         except Exception as exc:  # every failure becomes a message in the page
             message = readable(exc)
-            if path is not None:  # an upload's temporary folder means nothing to the user
+            if isinstance(path, Path):  # an upload's temporary folder means nothing to the user
                 message = message.replace(str(path), path.name)
             raise gr.Error(message, title="Cannot answer") from exc
 
     def _run(
-        self, path: Path, question: str, settings: RunSettings, options: Any, progress: gr.Progress
+        self, path: Path | str, question: str, settings: RunSettings, options: Any, progress: gr.Progress
     ) -> Iterator[Outputs]:
         stages = ["loading model"]
         progress(0.0, desc="loading model")
@@ -242,10 +242,13 @@ def build_demo(config: ServeConfig) -> gr.Blocks:
                     choices=list(examples), value=first.name, label="…or a bundled example", elem_id="example"
                 )
                 server_path = gr.Textbox(
-                    label=f"…or a file under {config.allow_dir} on the server"
-                    if config.allow_dir
-                    else "server path",
-                    visible=config.allow_dir is not None,
+                    label=(
+                        f"…or a file under {config.allow_dir} on the server"
+                        if config.allow_dir
+                        else "server path"
+                    )
+                    + (" or a COG / STAC item URL" if config.allow_remote else ""),
+                    visible=config.allow_dir is not None or config.allow_remote,
                     elem_id="server-path",
                 )
                 question = gr.Textbox(label="Question", value=first.question, elem_id="question")

@@ -167,6 +167,7 @@ def _answer_with(
         )
         t_gather = time.perf_counter() - t0
         image_info = {**dip.info.describe(), "levels": [lvl.describe() for lvl in dip.levels]}
+        remote = dip.remote_report()  # after the reads: bytes and requests this answer cost
         if heatmap is not None and gathered.c2f is not None and gathered.c2f.coarse_scores is not None:
             picture = render_heatmap(dip, gathered.c2f.coarse_scores, gathered.c2f.steps)
             write_heatmap(picture, heatmap)
@@ -241,7 +242,12 @@ def _answer_with(
         synthetic_world=adapter.synthetic_world,
         strategy=options.strategy,
         image={
-            k: image_info[k] for k in ("path", "width", "height", "bands", "dtype", "crs", "layout", "levels")
+            **{
+                k: image_info[k]
+                for k in ("path", "width", "height", "bands", "dtype", "crs", "layout", "levels")
+            },
+            **({"remote": remote} if remote is not None else {}),
+            **({"stac": image_info["stac"]} if "stac" in image_info else {}),
         },
         tiles=records,
         stats=stats,

@@ -31,6 +31,7 @@ from lrs_vqa.image_groups import group_by_image, shared_pyramid
 from lrs_vqa.rows import BadRow, Row, read_rows, text_field
 from pyramid.errors import RasterInputError
 from pyramid.pool import PyramidPool
+from pyramid.remote import is_location
 
 BATCH_FORMAT = "lrs-vqa-batch/1"
 IDENTITY = ("format", "questions_sha256", "images", "model", "dtype", "options")
@@ -41,7 +42,7 @@ RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", "
 class BatchItem:
     line: int  # where the question is in the questions file
     item_id: str
-    image: Path
+    image: Path | str  # a local path, or a URL / STAC item URL as written
     image_label: str  # as the user wrote it (or the file name in folder mode)
     question: str
 
@@ -156,14 +157,15 @@ def load_items(cfg: BatchConfig) -> tuple[list[BatchItem], list[BadRow]]:
             )
         elif item_id in seen:
             problem = f"duplicate id (first at line {seen[item_id]})"
-        elif not (root / image).is_file():
+        elif not is_location(image) and not (root / image).is_file():
             problem = f"image not found: {root / image}"
         if problem is not None:
             bad.append(BadRow(row.line, problem, item_id))
             continue
         assert image is not None and q is not None
         seen[item_id] = row.line
-        items.append(BatchItem(row.line, item_id, root / image, image, q))
+        # A URL (a remote COG, or a STAC item) is read where it is; local paths start at the root.
+        items.append(BatchItem(row.line, item_id, image if is_location(image) else root / image, image, q))
     return items, sorted(bad, key=lambda b: b.line)
 
 
@@ -273,5 +275,6 @@ def _answer_one(
         "stats": stats_dict(record),
         "tiles": evidence_list(record),
         "evidence_file": str(evidence.relative_to(evidence_dir.parent)),
+        **{k: record.image[k] for k in ("remote", "stac") if k in record.image},  # URL / STAC inputs
         "error": None,
     }

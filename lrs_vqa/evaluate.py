@@ -159,6 +159,7 @@ def answer_row(
         "model_id": model_id,
         "stats": stats_dict(record) if record is not None else None,
         "evidence": evidence_list(record) if record is not None else [],
+        **({k: record.image[k] for k in ("remote", "stac") if k in record.image} if record else {}),
         "error": error,
     }
     return get_benchmark(benchmark).answer_row(q.qid, q.image, q.prompt, q.record, text, extra)

@@ -36,6 +36,8 @@ def evidence_geojson(record: AnswerRecord) -> dict[str, object]:
         "random_weights": record.random_weights,
         "strategy": record.strategy,
         "image": record.image.get("path"),
+        # A STAC item's id, datetime and bbox, and a remote file's transfer counters, when there are any.
+        **{k: record.image[k] for k in ("stac", "remote") if k in record.image},
     }
 
 

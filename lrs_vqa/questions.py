@@ -13,6 +13,7 @@ from typing import Any
 from lrs_vqa.benchmarks import detect
 from lrs_vqa.eval_errors import InputFileError, PathEscapeError
 from lrs_vqa.rows import BadRow, read_rows
+from pyramid.remote import is_location
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,14 @@ class QuestionFile:
     bad_rows: tuple[BadRow, ...]
 
 
-def resolve_image(image_root: Path, relative: str) -> Path:
+def resolve_image(image_root: Path, relative: str) -> Path | str:
     """``image_root / relative``, refused when ``relative`` is absolute or climbs out with ``..``.
 
     The check is on the path as written (symbolic links the user placed inside the root are followed, so a
-    dataset folder may link to another disk)."""
+    dataset folder may link to another disk). A URL (http(s), s3, gs, az) or GDAL ``/vsi…/`` path is
+    returned as written: remote images (and STAC items at a URL) are read by range, not from the root."""
+    if is_location(relative.strip()):
+        return relative.strip()
     if "\x00" in relative or not relative.strip():
         raise PathEscapeError(f"image path {relative!r} is not a usable path")
     if os.path.isabs(relative) or PurePosixPath(relative.replace("\\", "/")).is_absolute():
@@ -81,7 +85,7 @@ def load_questions(path: str | Path, image_root: str | Path, *, check_images: bo
             except PathEscapeError as exc:
                 problem = str(exc)
             else:
-                if check_images and not full.is_file():
+                if check_images and isinstance(full, Path) and not full.is_file():
                     problem = f"image not found: {full}"
         if problem is not None:
             bad.append(BadRow(row.line, problem, qid))

@@ -9,6 +9,10 @@ from pyramid.errors import (
     RasterInputError,
     RasterNotFoundError,
     RasterTooLargeError,
+    RemoteAccessError,
+    RemoteLayoutError,
+    RemoteRasterError,
+    StacItemError,
     UnsupportedRasterError,
 )
 from pyramid.geometry import Georef, TileGeometry
@@ -32,6 +36,10 @@ __all__ = [
     "RasterInputError",
     "RasterNotFoundError",
     "RasterTooLargeError",
+    "RemoteAccessError",
+    "RemoteLayoutError",
+    "RemoteRasterError",
+    "StacItemError",
     "Tile",
     "TileGeometry",
     "TileKey",

@@ -12,6 +12,9 @@ sequential (PNG/JPG)  on-disk pyramid cache                       on-disk pyrami
 ====================  ==========================================  ===============================
 
 Images of at most ``cache_min_pixels`` never get a disk cache: reading them whole is cheap.
+Remote rasters (URLs, ``/vsi…/`` paths; ``pyramid.remote``) are read through GDAL by byte ranges, with no
+direct decode and no disk cache; a remote file that is not a COG is refused above ``cache_min_pixels``
+(its coarse level would need every byte of it).
 Power-of-two levels are read from an overview of exactly that factor when one exists (block cache,
 no resampling); otherwise, and for the coarse level and the thumbnail, by GDAL area averaging.
 """
@@ -32,12 +35,15 @@ from affine import Affine
 from rasterio.enums import ColorInterp
 
 from pyramid.cache import ByteLRUCache, default_cache_dir
+from pyramid.errors import RemoteLayoutError
 from pyramid.geometry import Georef, TileGeometry
 from pyramid.level_cache import LevelCacheEntry, ensure_level_cache
 from pyramid.levels import Level, PixelBox, PyramidSpec, plan_levels, plan_thumbnail
 from pyramid.radiometry import BandPlan, Stretch, choose_bands, compute_stretch
 from pyramid.reader import Region, RegionReader
+from pyramid.remote import RemoteOptions, TransferCounter, download, is_location, locate
 from pyramid.source import DEFAULT_MAX_PIXELS, Layout, RasterInfo, inspect_raster
+from pyramid.stac import is_stac_item, resolve_stac
 
 _CV_AREA_DTYPES = frozenset({"uint8", "uint16", "int16", "float32", "float64"})
 
@@ -93,14 +99,22 @@ class PyramidOptions:
     workers: int = 2
     direct_decode: bool = True  # tifffile + libjpeg-turbo for tiled TIFFs; False = GDAL only
     progress: bool = False
+    remote: RemoteOptions = field(default_factory=RemoteOptions)  # timeouts, retries, cache of URLs
+    stac_asset: str | None = None  # a STAC item's asset to open; None = by role visual/data, then GeoTIFF
+    download_to: str | None = None  # a folder: a remote non-COG is copied there and read locally
 
 
 class DynamicImagePyramid:
     """Open with :meth:`open`; use as a context manager so file handles are closed."""
 
-    def __init__(self, info: RasterInfo, options: PyramidOptions) -> None:
+    def __init__(
+        self, info: RasterInfo, options: PyramidOptions, transfers: TransferCounter | None = None
+    ) -> None:
         self.info = info
         self.options = options
+        self.transfers = transfers  # remote sources: bytes and requests since open (or the last lend)
+        self._remote = options.remote if info.remote else None
+        self.refusal = _remote_refusal(info, options)
         self.levels: tuple[Level, ...] = plan_levels(info.width, info.height, options.spec)
         self.thumbnail_level: Level = plan_thumbnail(info.width, info.height, options.spec)
         self.bands: BandPlan = choose_bands(
@@ -120,9 +134,34 @@ class DynamicImagePyramid:
         self.tiles_read = 0
 
     @classmethod
-    def open(cls, path: str | Path, options: PyramidOptions | None = None) -> DynamicImagePyramid:
+    def open(
+        cls, path: str | Path, options: PyramidOptions | None = None, *, strict: bool = True
+    ) -> DynamicImagePyramid:
+        """``path``: a local file, a URL (http(s), s3, gs, az), a GDAL ``/vsi…/`` path, or a STAC item
+        (``.json``, local or a URL) whose raster asset is opened. ``strict=False`` opens a remote non-COG
+        for description only (``inspect``); its pixels stay refused."""
         options = options or PyramidOptions()
-        return cls(inspect_raster(path, max_pixels=options.max_pixels), options)
+        stac = None
+        if is_stac_item(path):
+            resolved = resolve_stac(path, options.stac_asset, options.remote)
+            path, stac = resolved.href, resolved.describe()
+        transfers = None
+        if is_location(path) and locate(path).remote:
+            transfers = TransferCounter(locate(path))  # before the header is read: inspect counts too
+        info = inspect_raster(path, max_pixels=options.max_pixels, remote=options.remote, stac=stac)
+        if transfers is not None:
+            transfers.file_size = info.file_size
+        if options.download_to is not None and _remote_refusal(info, options) is not None:
+            # The user's opt-in for a remote non-COG: a local copy, then the local read paths.
+            local = download(locate(str(path)), options.download_to, options.remote)
+            if transfers is not None:
+                transfers.downloaded_to = str(local)
+            info = inspect_raster(local, max_pixels=options.max_pixels, stac=stac)
+        dip = cls(info, options, transfers)
+        if strict and dip.refusal is not None:
+            dip.close()
+            raise dip.refusal
+        return dip
 
     def __enter__(self) -> DynamicImagePyramid:
         return self
@@ -148,11 +187,21 @@ class DynamicImagePyramid:
 
     @property
     def coarse_from_cache(self) -> bool:
-        return self.options.use_disk_cache and self._big and not self.info.overview_factors
+        return (
+            self.options.use_disk_cache
+            and not self.info.remote
+            and self._big
+            and not self.info.overview_factors
+        )
 
     @property
     def native_from_cache(self) -> bool:
-        return self.options.use_disk_cache and self._big and self.info.layout == Layout.SEQUENTIAL
+        return (
+            self.options.use_disk_cache
+            and not self.info.remote
+            and self._big
+            and self.info.layout == Layout.SEQUENTIAL
+        )
 
     def _cache_path(self) -> Path:
         with self._lock:
@@ -165,12 +214,12 @@ class DynamicImagePyramid:
                 )
             return self.disk_cache.path
 
-    def _reader(self, path: Path, overview_level: int | None) -> RegionReader:
+    def _reader(self, path: Path | str, overview_level: int | None) -> RegionReader:
         key = (str(path), overview_level)
         with self._lock:
             reader = self._readers.get(key)
             if reader is None:
-                from_source = path == self.info.path
+                from_source = path == self.info.open_path
                 indexes = self.bands.read_indexes + (
                     [self.bands.alpha] if self.bands.alpha is not None else []
                 )
@@ -184,21 +233,22 @@ class DynamicImagePyramid:
                     internal_mask=from_source and self.info.has_mask,
                     direct_decode=self.options.direct_decode,
                     label=f"{'src' if from_source else 'cache'}:{overview_level}",
+                    remote=self._remote if from_source else None,
                 )
                 self._readers[key] = reader
             return reader
 
     def _native_reader(self) -> RegionReader:
-        path = self._cache_path() if self.native_from_cache else self.info.path
+        path = self._cache_path() if self.native_from_cache else self.info.open_path
         return self._reader(path, None)
 
-    def _scaled_backing(self) -> Path:
-        return self._cache_path() if self.coarse_from_cache else self.info.path
+    def _scaled_backing(self) -> Path | str:
+        return self._cache_path() if self.coarse_from_cache else self.info.open_path
 
     def _overview_reader(self, factor: int) -> RegionReader | None:
         path = self._scaled_backing()
         base = self._reader(path, None)
-        factors = base.pool.get().overviews(1)
+        factors = base.overview_factors()
         if factor not in factors:
             return None
         return self._reader(path, factors.index(factor))
@@ -226,10 +276,11 @@ class DynamicImagePyramid:
             return None
         path = self._scaled_backing()
         base = self._reader(path, None)
-        factors = [f for f in base.pool.get().overviews(1) if f <= min(level.factor_x, level.factor_y)]
+        all_factors = base.overview_factors()
+        factors = [f for f in all_factors if f <= min(level.factor_x, level.factor_y)]
         if not factors:
             return None
-        ovr = self._reader(path, base.pool.get().overviews(1).index(max(factors)))
+        ovr = self._reader(path, all_factors.index(max(factors)))
         if ovr.direct is None:  # GDAL would decode the blocks anyway: its own averaging is as good
             return None
         sx, sy = base.width / ovr.width, base.height / ovr.height
@@ -311,6 +362,8 @@ class DynamicImagePyramid:
 
     def read_level_region(self, level: Level, level_box: PixelBox) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 RGB pixels of ``level_box`` (level pixels) and its validity mask (None = all valid)."""
+        if self.refusal is not None:
+            raise self.refusal
         level_box = level_box.clip(level.width, level.height)
         region = self._read_level_source(level, level_box)
         positions = self.bands.rgb_positions
@@ -458,21 +511,30 @@ class DynamicImagePyramid:
                 fut.cancel()
 
     # -- reporting ----------------------------------------------------------------------------------------
+    def remote_report(self) -> dict[str, object] | None:
+        """Remote sources: bytes fetched and requests made (since open, or the last lend), file size."""
+        return self.transfers.report() if self.transfers is not None else None
+
     def describe(self) -> dict[str, object]:
+        read_paths = {
+            "native": "disk-cache" if self.native_from_cache else "source",
+            "coarse": (
+                "disk-cache"
+                if self.coarse_from_cache
+                else ("overviews" if self.info.overview_factors else "source")
+            ),
+        }
+        if self.refusal is not None:
+            read_paths = {"native": "refused", "coarse": "refused", "why": self.refusal.reason}
+        remote = self.remote_report()
         return {
             **self.info.describe(),
             "bands_rgb": list(self.bands.rgb),
             "alpha_band": self.bands.alpha,
-            "read_paths": {
-                "native": "disk-cache" if self.native_from_cache else "source",
-                "coarse": (
-                    "disk-cache"
-                    if self.coarse_from_cache
-                    else ("overviews" if self.info.overview_factors else "source")
-                ),
-            },
+            "read_paths": read_paths,
             "levels": [lvl.describe() for lvl in self.levels],
             "thumbnail": self.thumbnail_level.describe(),
+            **({"remote": remote} if remote is not None else {}),
         }
 
     @property
@@ -483,3 +545,20 @@ class DynamicImagePyramid:
             "block_cache_hits": self.block_cache.hits,
             "block_cache_bytes": self.block_cache.current_bytes,
         }
+
+
+def _remote_refusal(info: RasterInfo, options: PyramidOptions) -> RemoteLayoutError | None:
+    """Why a remote raster cannot be read by ranges, or None. Small images are read whole (cheap)."""
+    if not info.remote or info.layout == Layout.COG or info.pixels <= options.cache_min_pixels:
+        return None
+    why = {
+        Layout.TILED: "tiled but without internal overviews",
+        Layout.STRIPED: "striped (no tiles, no overviews)",
+        Layout.SEQUENTIAL: f"a {info.driver} (no random access)",
+    }[info.layout]
+    return RemoteLayoutError(
+        info.path,
+        f"not a Cloud-Optimized GeoTIFF ({why}): its coarse level would need all "
+        f"{info.file_size / 2**20:.0f} MB; convert it with `lrs-vqa cog` where it is stored, "
+        "or pass --download-to DIR to read a local copy",
+    )

@@ -48,3 +48,19 @@ class UnsupportedRasterError(RasterInputError):
 
 class RasterTooLargeError(RasterInputError):
     """The header declares dimensions beyond the configured limit (decompression-bomb guard)."""
+
+
+class RemoteRasterError(RasterInputError):
+    """A remote raster cannot be read: host unreachable, server without range support, a bad answer."""
+
+
+class RemoteAccessError(RemoteRasterError):
+    """The server refused access (HTTP 401/403, or missing object-store credentials)."""
+
+
+class RemoteLayoutError(RemoteRasterError):
+    """A remote raster that is not cloud-optimized: reading it would mean downloading all of it."""
+
+
+class StacItemError(RasterInputError):
+    """A STAC item that cannot be used: unreadable, or without a raster asset to open."""

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pyramid.dip import DynamicImagePyramid, PyramidOptions
+from pyramid.remote import is_location
 
 
 class PyramidPool:
@@ -15,7 +16,7 @@ class PyramidPool:
     manager) to close them all."""
 
     def __init__(self) -> None:
-        self.opened: dict[tuple[Path, PyramidOptions], DynamicImagePyramid] = {}
+        self.opened: dict[tuple[Path | str, PyramidOptions], DynamicImagePyramid] = {}
         self.opens = 0  # pyramids actually opened
 
     @contextlib.contextmanager
@@ -23,12 +24,15 @@ class PyramidPool:
         """The pyramid of ``path``, opened on first use; its tile count restarts so that each borrower
         reports only its own reads. It stays open when the block ends."""
         options = options or PyramidOptions()
-        key = (Path(path).resolve(), options)
+        # URLs and /vsi… paths are keys as written: Path() would fold "http://" into "http:/".
+        key = (path if is_location(path) else Path(path).resolve(), options)
         dip = self.opened.get(key)
         if dip is None:
             dip = self.opened[key] = DynamicImagePyramid.open(path, options)
             self.opens += 1
         dip.tiles_read = 0
+        if dip.transfers is not None:
+            dip.transfers.restart()
         yield dip
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ Scaled reads (coarse level, thumbnail) are GDAL average-decimated reads, which u
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import Hashable
@@ -21,8 +22,9 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from pyramid.cache import ByteLRUCache
-from pyramid.errors import CorruptRasterError
+from pyramid.errors import CorruptRasterError, RasterInputError
 from pyramid.levels import PixelBox
+from pyramid.remote import RemoteOptions, classify_open_error, locate
 from pyramid.source import open_dataset
 from pyramid.tiff_direct import DirectTiles, open_direct
 
@@ -43,12 +45,22 @@ class Region:
         return self.data.nbytes + (self.valid.nbytes if self.valid is not None else 0)
 
 
-class DatasetPool:
-    """One rasterio handle per thread: GDAL datasets must not be shared across threads."""
+def gdal_options(remote: RemoteOptions | None) -> contextlib.AbstractContextManager[object]:
+    """The GDAL options of a remote source around one open or read; nothing for a local file."""
+    return rasterio.Env(**remote.gdal_config()) if remote is not None else contextlib.nullcontext()
 
-    def __init__(self, path: Path, overview_level: int | None = None) -> None:
+
+class DatasetPool:
+    """One rasterio handle per thread: GDAL datasets must not be shared across threads.
+
+    ``path`` is a local Path or a GDAL virtual path (str); ``remote`` holds the options for the latter."""
+
+    def __init__(
+        self, path: Path | str, overview_level: int | None = None, remote: RemoteOptions | None = None
+    ) -> None:
         self.path = path
         self.overview_level = overview_level
+        self.remote = remote
         self._local = threading.local()
         self._all: list[rasterio.DatasetReader] = []
         self._lock = threading.Lock()
@@ -57,7 +69,8 @@ class DatasetPool:
         src = getattr(self._local, "src", None)
         if src is None:
             kwargs = {} if self.overview_level is None else {"overview_level": self.overview_level}
-            src = open_dataset(self.path, **kwargs)
+            with gdal_options(self.remote):
+                src = open_dataset(self.path, **kwargs)
             self._local.src = src
             with self._lock:
                 self._all.append(src)
@@ -76,11 +89,12 @@ class RegionReader:
 
     ``indexes`` are the 1-based bands to read; ``alpha`` (one of them or None) and ``nodata`` decide
     validity; ``internal_mask`` also consults GDAL's per-dataset mask (e.g. a JPEG COG's mask band).
+    ``remote``: the source is a remote GDAL path read with these options (no direct decode).
     """
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         indexes: list[int],
         *,
         cache: ByteLRUCache,
@@ -90,21 +104,24 @@ class RegionReader:
         internal_mask: bool = False,
         direct_decode: bool = True,
         label: str = "",
+        remote: RemoteOptions | None = None,
     ) -> None:
         self.path = path
+        self.remote = remote
         self.indexes = indexes
         self.alpha = alpha
         self.nodata = nodata
         self.cache = cache
         self.label = label or f"{path}#{overview_level}"
-        self.pool = DatasetPool(path, overview_level)
+        self.pool = DatasetPool(path, overview_level, remote)
         src = self.pool.get()
         self.width, self.height = src.width, src.height
         self.dtype = np.dtype(src.dtypes[0])
-        self.internal_mask = internal_mask and not any(
-            MaskFlags.all_valid in f or MaskFlags.alpha in f or MaskFlags.nodata in f
-            for f in src.mask_flag_enums
-        )
+        with gdal_options(remote):  # mask flags may look for a sidecar: a request, for a remote file
+            self.internal_mask = internal_mask and not any(
+                MaskFlags.all_valid in f or MaskFlags.alpha in f or MaskFlags.nodata in f
+                for f in src.mask_flag_enums
+            )
         block_rows, block_cols = src.block_shapes[0]
         self.macro_rows = block_rows * math.ceil(_MIN_MACRO / block_rows)
         # Strips span the width: a macro block is then a band of whole rows.
@@ -112,9 +129,9 @@ class RegionReader:
             self.width if block_cols >= self.width else block_cols * math.ceil(_MIN_MACRO / block_cols)
         )
         self.direct: DirectTiles | None = None
-        if direct_decode and not self.internal_mask and block_cols < self.width:
+        if direct_decode and remote is None and not self.internal_mask and block_cols < self.width:
             self.direct = open_direct(
-                path,
+                Path(path),
                 0 if overview_level is None else overview_level + 1,
                 self.width,
                 self.height,
@@ -142,8 +159,10 @@ class RegionReader:
             valid = gdal_mask if valid is None else valid & gdal_mask
         return valid
 
-    def _fail(self, what: str, exc: Exception) -> CorruptRasterError:
+    def _fail(self, what: str, exc: Exception) -> RasterInputError:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        if self.remote is not None:  # a network failure or a short read, more often than a bad codec
+            return classify_open_error(locate(str(self.path)), f"reading {what}: {first}")
         return CorruptRasterError(self.path, f"pixel data cannot be decoded at {what} ({first})")
 
     # -- native reads through macro blocks ----------------------------------------------------------
@@ -162,9 +181,10 @@ class RegionReader:
         src = self.pool.get()
         data = np.empty((h, w, len(self.indexes)), self.dtype)
         try:
-            # Reading into a transposed view writes pixel-interleaved output with no extra copy.
-            src.read(self.indexes, window=window, out=data.transpose(2, 0, 1))
-            gmask = src.dataset_mask(window=window) > 0 if self.internal_mask else None
+            with gdal_options(self.remote):
+                # Reading into a transposed view writes pixel-interleaved output with no extra copy.
+                src.read(self.indexes, window=window, out=data.transpose(2, 0, 1))
+                gmask = src.dataset_mask(window=window) > 0 if self.internal_mask else None
         except RasterioError as exc:
             raise self._fail(f"block ({x0}, {y0}, {w}x{h})", exc) from None
         self.blocks_decoded += 1
@@ -245,21 +265,27 @@ class RegionReader:
         src = self.pool.get()
         window = Window(*window_xywh)
         try:
-            chw = src.read(
-                self.indexes,
-                window=window,
-                out_shape=(len(self.indexes), out_height, out_width),
-                resampling=Resampling.average,
-            )
-            gmask = (
-                src.dataset_mask(window=window, out_shape=(out_height, out_width)) > 0
-                if self.internal_mask
-                else None
-            )
+            with gdal_options(self.remote):
+                chw = src.read(
+                    self.indexes,
+                    window=window,
+                    out_shape=(len(self.indexes), out_height, out_width),
+                    resampling=Resampling.average,
+                )
+                gmask = (
+                    src.dataset_mask(window=window, out_shape=(out_height, out_width)) > 0
+                    if self.internal_mask
+                    else None
+                )
         except RasterioError as exc:
             raise self._fail(f"scaled window {[round(v, 2) for v in window_xywh]}", exc) from None
         data = np.ascontiguousarray(chw.transpose(1, 2, 0))
         return Region(data, self._validity(data, gmask))
+
+    def overview_factors(self) -> list[int]:
+        """The source's overview factors (GDAL may read more of a remote header to list them)."""
+        with gdal_options(self.remote):
+            return list(self.pool.get().overviews(1))
 
     def close(self) -> None:
         if self.direct is not None:

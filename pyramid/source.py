@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import stat
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -27,11 +28,16 @@ from pyramid.errors import (
     RasterTooLargeError,
     UnsupportedRasterError,
 )
+from pyramid.gdal_vsi import vsi_size
 from pyramid.radiometry import SUPPORTED_DTYPES
+from pyramid.remote import RasterLocation, RemoteOptions, classify_open_error, gdal_env, is_location, locate
 
 # GDAL reads these once per process, before its first I/O. setdefault keeps a user's own choice.
 os.environ.setdefault("GDAL_CACHEMAX", "64")  # MB as an env string; our block cache does the caching
 os.environ.setdefault("VIPS_CONCURRENCY", "2")
+# Remote rasters report bytes and requests from GDAL's own counters; on for every network read (a remote
+# read outside our rasterio.Env would otherwise go uncounted). Local files are not affected.
+os.environ.setdefault("CPL_VSIL_NETWORK_STATS_ENABLED", "YES")
 
 #: Default ceiling on width × height (decompression-bomb guard): 4 Gpx, ~4.5x the largest LRS-VQA image.
 DEFAULT_MAX_PIXELS = 4 * 1024**3
@@ -59,7 +65,7 @@ class Layout(StrEnum):
 
 @dataclass(frozen=True)
 class RasterInfo:
-    path: Path
+    path: Path | str  # a local Path, or a URL / GDAL path with its secrets masked (see gdal_path)
     driver: str
     width: int
     height: int
@@ -76,10 +82,17 @@ class RasterInfo:
     has_mask: bool
     layout: Layout
     file_size: int
+    gdal_path: str | None = None  # what rasterio opens, when it is not ``path`` (URLs, /vsi… paths)
+    remote: bool = False  # read over the network, by ranges
+    stac: dict[str, object] | None = None  # the STAC item this raster is an asset of
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    @property
+    def open_path(self) -> Path | str:
+        return self.gdal_path if self.gdal_path is not None else self.path
 
     def describe(self) -> dict[str, object]:
         return {
@@ -100,6 +113,8 @@ class RasterInfo:
             "has_mask": self.has_mask,
             "layout": self.layout.value,
             "file_size": self.file_size,
+            **({"remote": True} if self.remote else {}),
+            **({"stac": self.stac} if self.stac is not None else {}),
         }
 
 
@@ -115,11 +130,16 @@ def quiet_georef() -> Iterator[None]:
 
 
 def open_dataset(path: str | Path, **kwargs: object) -> rasterio.DatasetReader:
-    """``rasterio.open`` without georeferencing warnings and with our typed errors."""
+    """``rasterio.open`` without georeferencing warnings and with our typed errors. A URL or ``/vsi…/``
+    path is opened as given (``Path()`` would fold ``http://`` into ``http:/``); the caller applies the
+    remote GDAL options around it (``pyramid.remote.gdal_env``)."""
+    virtual = is_location(path)
     try:
         with quiet_georef():
-            return rasterio.open(path, sharing=False, **kwargs)
+            return rasterio.open(path if virtual else Path(path), sharing=False, **kwargs)
     except RasterioIOError as exc:
+        if virtual:
+            raise classify_open_error(locate(str(path)), _first_line(exc)) from None
         raise _classify_open_failure(Path(path), exc) from None
 
 
@@ -201,57 +221,128 @@ def _layout(src: rasterio.DatasetReader, overviews: list[int]) -> Layout:
     return Layout.COG if overviews else Layout.TILED
 
 
-def inspect_raster(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> RasterInfo:
-    """Validate ``path`` and describe it. Cheap: reads headers and offsets, never pixels."""
+def inspect_raster(
+    path: str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    remote: RemoteOptions | None = None,
+    stac: dict[str, object] | None = None,
+) -> RasterInfo:
+    """Validate ``path`` (a local file, a URL or a GDAL ``/vsi…/`` path) and describe it. Cheap: reads
+    headers and offsets, never pixels (for a remote file: a few range requests)."""
+    if is_location(path):
+        return _inspect_virtual(locate(path), max_pixels, remote, stac)
     p = check_path(path)
     size = p.stat().st_size
     src = open_dataset(p)
     try:
-        width, height, count = src.width, src.height, src.count
-        if width <= 0 or height <= 0 or count <= 0:
-            raise CorruptRasterError(p, f"declares an empty raster ({width}x{height}x{count})")
-        if width * height > max_pixels:
-            raise RasterTooLargeError(
-                p,
-                f"declares {width}x{height} = {width * height:,} px, above the limit of "
-                f"{max_pixels:,} px (raise max_pixels if this is genuine)",
-            )
-        if count > 1024:
-            raise RasterTooLargeError(p, f"declares {count} bands, above the limit of 1024")
-        dtype = src.dtypes[0]
-        if dtype not in SUPPORTED_DTYPES:
-            raise UnsupportedRasterError(p, f"data type {dtype} is not supported")
-        if len(set(src.dtypes)) > 1:
-            raise UnsupportedRasterError(p, f"bands have mixed data types {sorted(set(src.dtypes))}")
         fmt = _sniff(p)
+        check: Callable[[rasterio.DatasetReader], None] | None = None
         if fmt in ("TIFF", "BigTIFF"):
-            _check_tiff_complete(p, size)
+            check = lambda _src: _check_tiff_complete(p, size)  # noqa: E731
         elif fmt in ("PNG", "JPEG"):
-            _check_stream_complete(p, fmt, size)
-        overviews = src.overviews(1)
-        georeferenced = src.crs is not None or not src.transform.is_identity
-        flags = src.mask_flag_enums
-        has_mask = any(MaskFlags.all_valid not in f for f in flags)
-        epsg = src.crs.to_epsg() if src.crs else None
-        crs = f"EPSG:{epsg}" if epsg else (src.crs.to_wkt() if src.crs else None)
-        return RasterInfo(
-            path=p,
-            driver=src.driver,
-            width=width,
-            height=height,
-            count=count,
-            dtype=dtype,
-            crs=crs,
-            transform=tuple(src.transform)[:6],  # type: ignore[arg-type]
-            georeferenced=georeferenced,
-            nodata=src.nodata,
-            colorinterp=tuple(ci.name for ci in src.colorinterp),
-            block_shape=tuple(src.block_shapes[0]),  # type: ignore[arg-type]
-            overview_factors=tuple(overviews),
-            compression=src.compression.value if src.compression else None,
-            has_mask=has_mask,
-            layout=_layout(src, overviews),
-            file_size=size,
-        )
+            check = lambda _src: _check_stream_complete(p, fmt, size)  # noqa: E731
+        return _describe(src, p, size, max_pixels, check, path=p, stac=stac)
     finally:
         src.close()
+
+
+def _inspect_virtual(
+    location: RasterLocation, max_pixels: int, remote: RemoteOptions | None, stac: dict[str, object] | None
+) -> RasterInfo:
+    with gdal_env(location, remote):
+        try:
+            with quiet_georef():
+                src = rasterio.open(location.gdal_path, sharing=False)
+        except RasterioIOError as exc:
+            raise classify_open_error(location, _first_line(exc)) from None
+        try:
+            size = vsi_size(location.gdal_path) or 0
+            check = functools.partial(_check_blocks_within, location.display, size) if size else None
+            return _describe(
+                src,
+                location.display,
+                size,
+                max_pixels,
+                check,
+                path=location.display,
+                gdal_path=location.gdal_path,
+                remote=location.remote,
+                stac=stac,
+            )
+        finally:
+            src.close()
+
+
+def _check_blocks_within(where: str, size: int, src: rasterio.DatasetReader) -> None:
+    """A truncated remote TIFF: its last block (at full resolution and in each overview) ends past the file.
+    GDAL reports block offsets in its ``TIFF`` metadata domain, from the header it already fetched."""
+    if src.driver not in ("GTiff", "COG"):
+        return
+    datasets = [src] + [
+        rasterio.open(src.name, sharing=False, overview_level=i) for i in range(len(src.overviews(1)))
+    ]
+    try:
+        for ds in datasets:
+            rows, cols = ds.block_shapes[0]
+            last = (math.ceil(ds.width / cols) - 1, math.ceil(ds.height / rows) - 1)
+            offset = ds.get_tag_item(f"BLOCK_OFFSET_{last[0]}_{last[1]}", "TIFF", bidx=ds.count)
+            length = ds.get_tag_item(f"BLOCK_SIZE_{last[0]}_{last[1]}", "TIFF", bidx=ds.count)
+            if offset and length and int(offset) + int(length) > size:
+                raise CorruptRasterError(where, "TIFF is truncated: pixel data ends past the remote file")
+    finally:
+        for ds in datasets[1:]:
+            ds.close()
+
+
+def _describe(
+    src: rasterio.DatasetReader,
+    where: Path | str,
+    size: int,
+    max_pixels: int,
+    check: Callable[[rasterio.DatasetReader], None] | None,
+    **extra: object,
+) -> RasterInfo:
+    width, height, count = src.width, src.height, src.count
+    if width <= 0 or height <= 0 or count <= 0:
+        raise CorruptRasterError(where, f"declares an empty raster ({width}x{height}x{count})")
+    if width * height > max_pixels:
+        raise RasterTooLargeError(
+            where,
+            f"declares {width}x{height} = {width * height:,} px, above the limit of "
+            f"{max_pixels:,} px (raise max_pixels if this is genuine)",
+        )
+    if count > 1024:
+        raise RasterTooLargeError(where, f"declares {count} bands, above the limit of 1024")
+    dtype = src.dtypes[0]
+    if dtype not in SUPPORTED_DTYPES:
+        raise UnsupportedRasterError(where, f"data type {dtype} is not supported")
+    if len(set(src.dtypes)) > 1:
+        raise UnsupportedRasterError(where, f"bands have mixed data types {sorted(set(src.dtypes))}")
+    if check is not None:
+        check(src)
+    overviews = src.overviews(1)
+    georeferenced = src.crs is not None or not src.transform.is_identity
+    flags = src.mask_flag_enums
+    has_mask = any(MaskFlags.all_valid not in f for f in flags)
+    epsg = src.crs.to_epsg() if src.crs else None
+    crs = f"EPSG:{epsg}" if epsg else (src.crs.to_wkt() if src.crs else None)
+    return RasterInfo(
+        driver=src.driver,
+        width=width,
+        height=height,
+        count=count,
+        dtype=dtype,
+        crs=crs,
+        transform=tuple(src.transform)[:6],  # type: ignore[arg-type]
+        georeferenced=georeferenced,
+        nodata=src.nodata,
+        colorinterp=tuple(ci.name for ci in src.colorinterp),
+        block_shape=tuple(src.block_shapes[0]),  # type: ignore[arg-type]
+        overview_factors=tuple(overviews),
+        compression=src.compression.value if src.compression else None,
+        has_mask=has_mask,
+        layout=_layout(src, overviews),
+        file_size=size,
+        **extra,  # type: ignore[arg-type]
+    )

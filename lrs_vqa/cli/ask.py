@@ -18,7 +18,13 @@ from lrs_vqa.records import WORLD_MODEL_NOTE
 @with_ask_options
 def ask(
     run: AskRun,
-    image: Annotated[Path, typer.Argument(help="A raster: GeoTIFF/COG, PNG, JPEG or any GDAL format.")],
+    image: Annotated[
+        str,
+        typer.Argument(
+            help="A raster (GeoTIFF/COG, PNG, JPEG, any GDAL format), a COG URL (http(s)/s3/gs/az, /vsi…) "
+            "or a STAC item (.json, local or URL)."
+        ),
+    ],
     question: Annotated[str, typer.Argument(help="The question, in quotes.")],
     heatmap: Annotated[
         Path | None, typer.Option(help="c2f: write the coarse-level token scores over the image as PNG.")

@@ -8,7 +8,7 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 import typer
@@ -94,6 +94,13 @@ def _parameters() -> list[inspect.Parameter]:
             _ASK.positions,
             "RoPE positions of kept tokens after pruning: original | compact (renumbered).",
         ),
+        _option("asset", str | None, None, "STAC item input: the asset to open (default: role visual/data)."),
+        _option(
+            "download_to",
+            str | None,
+            None,
+            "Remote rasters that are not COGs: copy them into this folder and read the copy (else refused).",
+        ),
     ]
 
 
@@ -114,7 +121,10 @@ def _run(values: dict[str, Any]) -> AskRun:
     }
     model, device, dtype = values.pop("model"), values.pop("device"), values.pop("dtype")
     values["region"] = tuple(_parse_box(b) for b in values.pop("box") or ())
-    return AskRun(model or DEFAULT_MODEL, device, dtype, AskOptions(c2f=C2FOptions(**c2f), **values))
+    pyramid = replace(_ASK.pyramid, stac_asset=values.pop("asset"), download_to=values.pop("download_to"))
+    return AskRun(
+        model or DEFAULT_MODEL, device, dtype, AskOptions(c2f=C2FOptions(**c2f), pyramid=pyramid, **values)
+    )
 
 
 def with_ask_options(command: Callable[..., None]) -> Callable[..., None]:

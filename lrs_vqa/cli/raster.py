@@ -24,32 +24,52 @@ def parse_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+_IMAGE_HELP = (
+    "A raster (GeoTIFF/COG, PNG, JPEG, any GDAL format), a COG URL (http(s)://, s3://, gs://, az://, "
+    "/vsi…/) or a STAC item (.json, local or URL)."
+)
+Image = Annotated[str, typer.Argument(help=_IMAGE_HELP)]  # str: Path() would fold http:// into http:/
+Asset = Annotated[str | None, typer.Option(help="STAC item input: the asset to open (default: by role).")]
+
+
 @app.command()
 def inspect(
-    image: Annotated[Path, typer.Argument(help="A raster: GeoTIFF/COG, PNG, JPEG or any GDAL format.")],
+    image: Image,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     tile_size: Annotated[int, typer.Option(help="Tile size of the pyramid, px.")] = 336,
     coarse_long_side: Annotated[int, typer.Option(help="Long side of the coarse level, px.")] = 1008,
     bands: Annotated[str | None, typer.Option(help="1-based R,G,B band indexes, e.g. 3,2,1.")] = None,
+    asset: Asset = None,
 ) -> None:
-    """Size, bands, dtype, CRS, layout class, overviews and the pyramid's levels with their tile grids."""
+    """Size, bands, dtype, CRS, layout class, overviews and the pyramid's levels with their tile grids
+    (remote files: also the bytes and requests the header took)."""
     from pyramid.dip import DynamicImagePyramid, PyramidOptions
     from pyramid.levels import PyramidSpec
 
     spec = PyramidSpec(tile_size=tile_size, coarse_long_side=coarse_long_side)
-    options = PyramidOptions(spec=spec, bands=parse_bands(bands))
-    with DynamicImagePyramid.open(image, options) as dip:
+    options = PyramidOptions(spec=spec, bands=parse_bands(bands), stac_asset=asset)
+    # strict=False: a remote non-COG is described (its read paths say "refused"), not an error here.
+    with DynamicImagePyramid.open(image, options, strict=False) as dip:
         desc = dip.describe()
     if as_json:
         print(json.dumps(desc, indent=1))
         return
-    table = Table(title=str(image), show_header=False, title_justify="left")
+    table = Table(title=str(desc["path"]), show_header=False, title_justify="left")
     for key in ("driver", "layout", "width", "height", "bands", "dtype", "crs", "nodata", "compression"):
         table.add_row(key, str(desc[key]))
     table.add_row("block shape", "x".join(str(v) for v in desc["block_shape"]))  # type: ignore[attr-defined]
     table.add_row("overviews", ", ".join(str(f) for f in desc["overviews"]) or "none")  # type: ignore[attr-defined]
     table.add_row("colour bands", f"RGB <- bands {desc['bands_rgb']}, alpha {desc['alpha_band']}")
     table.add_row("read paths", ", ".join(f"{k}: {v}" for k, v in desc["read_paths"].items()))  # type: ignore[attr-defined]
+    remote = desc.get("remote")
+    if isinstance(remote, dict):
+        table.add_row(
+            "remote",
+            f"{remote['bytes_fetched']} of {remote['file_size']} bytes in {remote['requests']} requests",
+        )
+    if isinstance(desc.get("stac"), dict):
+        stac = desc["stac"]
+        table.add_row("STAC item", f"{stac['id']} ({stac['datetime']}), asset {stac['asset']}")  # type: ignore[index]
     out.print(table)
     levels = Table(title="Dynamic Image Pyramid (coarse → native)", title_justify="left")
     for col in ("level", "name", "size", "factor", "tile grid", "tiles"):
@@ -129,15 +149,19 @@ def synth(
 
 @app.command()
 def preview(
-    image: Annotated[Path, typer.Argument(help="A raster.")],
+    image: Image,
     destination: Annotated[Path, typer.Argument(help="Output PNG.")],
     grid_levels: Annotated[int, typer.Option(help="Draw the tile grids of this many levels.")] = 2,
     objects: Annotated[
         Path | None, typer.Option(help="A `synth` or world-scene sidecar JSON whose object boxes are drawn.")
     ] = None,
+    asset: Asset = None,
+    download_to: Annotated[
+        str | None, typer.Option(help="A remote non-COG is copied into this folder and read there.")
+    ] = None,
 ) -> None:
     """Render the coarse view with the pyramid's tile grids (and planted objects) to a PNG."""
-    from pyramid.dip import DynamicImagePyramid
+    from pyramid.dip import DynamicImagePyramid, PyramidOptions
     from pyramid.levels import PixelBox
     from pyramid.render import save_overview
 
@@ -148,6 +172,6 @@ def preview(
 
         scene = load_world(objects) if is_world_sidecar(objects) else load_scene_info(objects)
         boxes = [(PixelBox(*o.pixel_box), f"{o.color} {o.category}") for o in scene.objects]
-    with DynamicImagePyramid.open(image) as dip:
+    with DynamicImagePyramid.open(image, PyramidOptions(stac_asset=asset, download_to=download_to)) as dip:
         save_overview(dip, destination, grid_levels=grid_levels, boxes=boxes)
     err.print(f"wrote {destination}")

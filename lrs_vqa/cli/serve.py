@@ -29,6 +29,10 @@ def serve(
     max_upload_mb: Annotated[
         int, typer.Option(help="Upload size limit, MB (shown in the page).")
     ] = _SERVE.max_upload_mb,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(help="Also accept COG / STAC item URLs in the server-path field (fetched by range)."),
+    ] = _SERVE.allow_remote,
 ) -> None:
     """Start the web demo (Gradio): upload or pick an image, ask, watch the coarse-to-fine loop."""
     if allow_dir is not None and not allow_dir.is_dir():
@@ -42,6 +46,7 @@ def serve(
             dtype=dtype,
             allow_dir=allow_dir,
             max_upload_mb=max_upload_mb,
+            allow_remote=allow_remote,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -118,6 +118,11 @@ def test_input_rules(tmp_path: Path) -> None:
             resolve_input(upload, None, path, config, {})
     with pytest.raises(InputError, match="disabled"):
         resolve_input(None, None, "a.tif", ServeConfig(), {})
+    # A URL is fetched by the server: only when it was started with --allow-remote, and kept as written.
+    url = "https://example.org/a/scene.tif"
+    with pytest.raises(InputError, match="remote URLs are disabled"):
+        resolve_input(None, None, url, config, {})
+    assert resolve_input(None, None, url, ServeConfig(allow_remote=True), {}) == url
 
 
 def test_api_answer_record_evidence_and_statistics(
