@@ -8,7 +8,8 @@ trained on) is asked with each configuration, one question at a time through ``a
 * ``tiles-all-144``   — the thumbnail plus every tile of the finest level with at most 144 tiles (the paper's
                         anyres-p144 analogue on our pyramid);
 * ``c2f/attention``   — the coarse-to-fine loop with the training-free attention scorer;
-* ``c2f/rfm``         — the loop with a Region Focus Module trained by ``lrs-vqa train-rfm`` (``--rfm DIR``);
+* ``c2f/rfm[-NAME]``  — the loop with a Region Focus Module trained by ``lrs-vqa train-rfm``
+                        (``--rfm [NAME=]DIR``, repeatable: one configuration per RFM);
 * ``oracle``          — the thumbnail plus the native tile(s) under the target's ground-truth box(es)
                         (strategy ``region``); questions without a target (absent objects, rural/urban) get
                         the thumbnail alone.
