@@ -299,6 +299,33 @@ def train_rfm(
     return rfm.eval()
 
 
+def plot_losses(log: str | Path, png: str | Path) -> Path:
+    """The run's loss terms against steps (moving average over about 1/50 of the run), log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key in ("box", "kl_full", "kl_image", "mse_image"):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if not pts:
+            continue
+        k = max(1, len(pts) // 50)
+        steps = torch.tensor([p[0] for p in pts], dtype=torch.float64)
+        values = torch.tensor([p[1] for p in pts], dtype=torch.float64)
+        smooth = values.unfold(0, k, 1).mean(1) if len(values) >= k else values
+        ax.plot(steps[k - 1 :].tolist(), smooth.tolist(), label=key)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return Path(png)
+
+
 def _fingerprint(adapter: ModelAdapter, cfg: RFMTrainConfig) -> dict:
     d = asdict(cfg)
     d.pop("checkpoint_every")

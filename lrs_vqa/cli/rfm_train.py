@@ -50,7 +50,7 @@ def train_rfm_cmd(
     from lrs_vqa.answer import pyramid_spec_for
     from lrs_vqa.models.registry import load_adapter, resolve_model
     from pyramid.dip import DynamicImagePyramid, PyramidOptions
-    from rfm.training import RFMExample, RFMTrainConfig, train_rfm
+    from rfm.training import RFMExample, RFMTrainConfig, plot_losses, train_rfm
     from rfm.training import export_released as export
 
     cfg = RFMTrainConfig(
@@ -86,6 +86,8 @@ def train_rfm_cmd(
             ),
             stop_at=stop_at,
         )
+    curve = plot_losses(out / "train-log.jsonl", out / "loss-curve.png")
+    err.print(f"loss curve: {curve}")
     if export_released and stop_at is None:
         err.print(f"released-layout weights: {export(rfm, out / 'rfm-released.safetensors')}")
     err.print(f"RFM in {out}  (lrs-vqa ask IMAGE QUESTION --model {model} --scorer rfm --rfm {out})")

@@ -165,7 +165,7 @@ def test_cli_trains_on_a_world_bench_and_ask_uses_the_rfm(tmp_path: Path, capsys
         )
         == 0
     )
-    assert (out / "rfm-released.safetensors").is_file()
+    assert (out / "rfm-released.safetensors").is_file() and (out / "loss-curve.png").stat().st_size > 5000
     meta = json.loads((out / "rfm.json").read_text())
     assert meta["llm_layer_list"] == [1, 2] and meta["steps"] == 2
     row = json.loads(qfile.read_text().splitlines()[0])
