@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lrs_vqa.options import DEFAULT_MODEL, AskOptions, C2FOptions
 from lrs_vqa.strategies import get_strategy, strategy_names
+from pyramid.dip import PyramidOptions
 from rfm.scorers import scorer_names
 
 UPLOAD_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -45,6 +46,9 @@ class ServeConfig:
     max_upload_mb: int = 2048
     examples_dir: Path = field(default_factory=default_cache_dir)
     queue_size: int = 16  # jobs waiting behind the running one
+    # The deep-zoom viewer's decoded-block cache, shared by the images it keeps open (``viewer_images``).
+    tile_cache_bytes: int = PyramidOptions().tile_cache_bytes
+    viewer_images: int = 4
 
     def __post_init__(self) -> None:
         if not self.models:

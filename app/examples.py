@@ -8,8 +8,20 @@ from pathlib import Path
 
 import numpy as np
 
-from lrs_vqa.world.questions import SUFFIX, questions_for
-from pyramid.world import compose_world, synthesize_world
+from lrs_vqa.world.questions import SUFFIX, WorldQuestion, questions_for
+from pyramid.world import WorldScene, compose_world, synthesize_world
+
+
+def scene_questions(scene: WorldScene) -> list[WorldQuestion]:
+    """The questions the page offers about a world scene (templates drawn from the scene's seed, so the
+    page and the viewer's ground truth agree)."""
+    return questions_for(scene, np.random.default_rng([scene.seed, 21]))
+
+
+def find_question(scene: WorldScene, asked: str) -> WorldQuestion | None:
+    """The scene's question that was asked (with or without the LRS-VQA answer-format suffix)."""
+    text = asked.strip().removesuffix(SUFFIX.strip()).strip()
+    return next((q for q in scene_questions(scene) if q.text == text), None)
 
 
 @dataclass(frozen=True)
@@ -29,11 +41,7 @@ class Example:
 
     def _question(self) -> tuple[str, str]:
         scene, _ = compose_world(*self.size, self.seed)
-        qs = [
-            q
-            for q in questions_for(scene, np.random.default_rng([self.seed, 21]))
-            if q.category == self.category
-        ]
+        qs = [q for q in scene_questions(scene) if q.category == self.category]
         return qs[0].text + SUFFIX, qs[0].answer  # the LRS-VQA prompt, as the world model was trained
 
 

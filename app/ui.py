@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from app import viewer as view
 from app.config import APP_SCORERS, NO_PRUNER, RunSettings, ServeConfig, app_strategies
 from app.examples import EXAMPLES, ensure_examples
 from app.inputs import InputError, resolve_input
@@ -29,6 +30,7 @@ from app.render import (
     statistics,
     to_pil,
 )
+from app.tiles import TileService
 from lrs_vqa.answer import StrategyError, answer, get_adapter, pyramid_spec_for
 from lrs_vqa.c2f import C2FError
 from lrs_vqa.evidence import write_evidence
@@ -69,9 +71,12 @@ def _trail(stages: list[str]) -> str:
 class Asker:
     """The event handler: one question, streamed stage by stage."""
 
-    def __init__(self, config: ServeConfig, examples: dict[str, Path]) -> None:
+    def __init__(
+        self, config: ServeConfig, examples: dict[str, Path], tiles: TileService | None = None
+    ) -> None:
         self.config = config
         self.examples = examples
+        self.tiles = tiles  # None: no deep-zoom viewer (the page shows its placeholder)
         self._model_lock = threading.Lock()  # the queue runs one job; this also guards direct calls
 
     def ask(
@@ -123,7 +128,7 @@ class Asker:
     ) -> Iterator[Outputs]:
         stages = ["loading model"]
         progress(0.0, desc="loading model")
-        yield _trail(stages), "", None, [], None, None, None
+        yield _trail(stages), "", None, [], None, None, None, view.EMPTY
         adapter = get_adapter(settings.model, self.config.device, self.config.dtype)
         popts = PyramidOptions(spec=pyramid_spec_for(adapter))
         with DynamicImagePyramid.open(path, popts) as dip:
@@ -133,7 +138,14 @@ class Asker:
             n_levels = len(dip.levels)
             stages.append("overview")
             progress(0.05, desc="overview")
-            yield _trail(stages), "", (overview, []), [], None, None, None
+            # The viewer opens on the image at once; the token is this page's only way to its tiles.
+            token = None
+            shown: Any = gr.skip()
+            if self.tiles is not None:
+                token = self.tiles.register(path, dip.info.width, dip.info.height)
+                self.tiles.attach(token, view.base_overlay(token, dip.info.width, dip.info.height), None)
+                shown = view.container(token, 1)
+            yield _trail(stages), "", (overview, []), [], None, None, None, shown
 
             out_dir = Path(tempfile.mkdtemp(prefix="lrs-vqa-app-"))
             heatmap = out_dir / "heatmap.png" if settings.strategy == "c2f" else None
@@ -178,6 +190,7 @@ class Asker:
                     None,
                     None,
                     None,
+                    gr.skip(),  # the viewer is re-initialised once, with the answer
                 )
 
             assert record is not None
@@ -188,6 +201,11 @@ class Asker:
                 base = Image.open(heatmap).convert("RGB")
             annotations = record_annotations(record, fx, fy)
             tiles = gallery(dip, selected_tiles(record))
+            if self.tiles is not None and token is not None:
+                has_heatmap = heatmap is not None and heatmap.is_file()
+                overlay = view.answer_overlay(token, record, dip, path, has_heatmap)
+                self.tiles.attach(token, overlay, heatmap if has_heatmap else None)
+                shown = view.container(token, 2)
         evidence = write_evidence(record, out_dir / "evidence.geojson")
         record_path = out_dir / "record.json"
         record_path.write_text(json.dumps(record.to_dict(), indent=1))
@@ -201,6 +219,7 @@ class Asker:
             statistics(record),
             str(evidence),
             str(record_path),
+            shown,
         )
 
 
@@ -224,9 +243,10 @@ def _example_question(name: str | None) -> tuple[str, str]:
     return (ex.question if ex is not None else gr.skip()), _truth(name)
 
 
-def build_demo(config: ServeConfig) -> gr.Blocks:
+def build_demo(config: ServeConfig, tiles: TileService | None = None) -> gr.Blocks:
+    """The page; ``tiles`` serves the deep-zoom viewer (``app.server`` mounts its routes)."""
     examples = ensure_examples(config.examples_dir)
-    asker = Asker(config, examples)
+    asker = Asker(config, examples, tiles)
     first = EXAMPLES[0]
     with gr.Blocks(title="lrs-vqa", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(_intro(config))
@@ -295,6 +315,13 @@ def build_demo(config: ServeConfig) -> gr.Blocks:
                     color_map=colour_map(),
                     elem_id="overview",
                 )
+                deep_zoom = gr.HTML(
+                    view.EMPTY,
+                    label="Deep zoom",
+                    head=view.HEAD,
+                    js_on_load=view.ON_LOAD,
+                    elem_id="viewer",
+                )
                 tiles = gr.Gallery(label="Selected tiles", columns=6, height=260, elem_id="tiles")
                 stats = gr.JSON(label="Statistics", elem_id="stats")
                 with gr.Row():
@@ -316,7 +343,7 @@ def build_demo(config: ServeConfig) -> gr.Blocks:
                 pruner,
                 pruner_budget,
             ],
-            outputs=[status, answer_md, overview, tiles, stats, evidence, record],
+            outputs=[status, answer_md, overview, tiles, stats, evidence, record, deep_zoom],
             api_name="ask",
             concurrency_limit=1,
         )

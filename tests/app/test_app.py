@@ -61,11 +61,11 @@ def server(workdir: Path, scene: Path, tiny_checkpoint) -> Iterator[tuple[str, S
         max_upload_mb=5,
         examples_dir=workdir / "examples",
     )
-    demo = launch(config, block=False)
+    served = launch(config, block=False)
     try:
         yield f"http://127.0.0.1:{config.port}/", config
     finally:
-        demo.close()
+        served.close()
 
 
 def ask_args(config: ServeConfig, upload: object = None, example: str | None = None, path: str = "") -> list:
@@ -130,7 +130,7 @@ def test_api_answer_record_evidence_and_statistics(
 ) -> None:
     url, config = server
     client = gradio_client.Client(url, verbose=False, download_files=str(tmp_path))
-    status, answer_md, overview, tiles, stats, evidence, record = client.predict(
+    status, answer_md, overview, tiles, stats, evidence, record, viewer = client.predict(
         *ask_args(config, upload=gradio_client.handle_file(str(scene))), api_name="/ask"
     )
     assert "done" in status
@@ -139,6 +139,7 @@ def test_api_answer_record_evidence_and_statistics(
     labels = {a["label"] for a in overview["annotations"]}
     assert "level 0" in labels
     assert tiles, "the selected tiles are in the gallery"
+    assert 'class="lrs-viewer-host"' in viewer  # the deep-zoom viewer's container (tests/app/test_viewer.py)
 
     rec = json.loads(Path(record).read_text())
     assert rec["question"] == QUESTION and rec["strategy"] == "c2f"
