@@ -96,7 +96,19 @@ def target_read(record: Any, row: dict[str, Any]) -> bool | None:
     return False
 
 
-def run(bench: Path, model: str, configs: list[str], limit: int | None, out: Path) -> dict[str, Any]:
+def reused(out: Path, config: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A configuration's per-question results from an earlier run's answer log (``--reuse``): every row of
+    this question file, in order, or a clear stop."""
+    path = out / f"{config.replace('/', '_')}.jsonl"
+    items = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    if [i["question_id"] for i in items] != [r["question_id"] for r in rows]:
+        raise SystemExit(f"--reuse {config}: {path} does not hold exactly this run's {len(rows)} questions")
+    return items
+
+
+def run(
+    bench: Path, model: str, configs: list[str], limit: int | None, out: Path, reuse: set[str] = frozenset()
+) -> dict[str, Any]:
     rows = [json.loads(line) for line in (bench / QUESTIONS_FILE).read_text().splitlines() if line.strip()]
     if limit is not None:
         rows = rows[:limit]
@@ -106,6 +118,9 @@ def run(bench: Path, model: str, configs: list[str], limit: int | None, out: Pat
     results: dict[str, Any] = {}
     out.mkdir(parents=True, exist_ok=True)
     for config in configs:
+        if config in reuse:
+            results[config] = reused(out, config, rows)
+            continue
         per: list[dict[str, Any]] = []
         t0 = time.time()
         with PyramidPool() as pool, (out / f"{config.replace('/', '_')}.jsonl").open("w") as log:
@@ -209,6 +224,12 @@ def report(results: dict[str, Any], bench: Path, model: str, args: argparse.Name
             f"{s['peak_mb']:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if args.reuse:
+        lines += [
+            "",
+            f"Rows `{args.reuse}` were run by an earlier process on the same code and questions, "
+            "and read back from its answer logs (`--reuse`).",
+        ]
     lines += ["", f"Reproduce: `.venv/bin/python bench/world_bench.py {args.reproduce}`", ""]
     return "\n".join(lines)
 
@@ -227,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         help="[NAME=]DIR, a train-rfm folder: adds the c2f/rfm (c2f/rfm-NAME) configuration; repeatable",
+    )
+    ap.add_argument(
+        "--reuse",
+        default="",
+        help="configurations to take from the answer logs of an earlier run of the same commit and questions "
+        "(comma-separated) instead of running them again",
     )
     ap.add_argument("--quick", action="store_true", help="6 scenes of 4096², 60 questions")
     ap.add_argument("--write-results", action="store_true", help="write the table into bench/RESULTS.md")
@@ -254,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         RFM_DIRS[config] = folder
         if config not in configs:
             configs.insert(configs.index("oracle") if "oracle" in configs else len(configs), config)
-    results = run(
-        args.bench, args.model, configs, args.limit, args.bench.parent / (args.bench.name + "-answers")
-    )
+    reuse = {c for c in args.reuse.split(",") if c}
+    answers = args.bench.parent / (args.bench.name + "-answers")
+    results = run(args.bench, args.model, configs, args.limit, answers, reuse)
     text = report(results, args.bench, args.model, args)
     print(text)
     if args.write_results:

@@ -300,7 +300,7 @@ def train_rfm(
 
 
 def plot_losses(log: str | Path, png: str | Path) -> Path:
-    """The run's loss terms against steps (moving average over about 1/50 of the run), log scale."""
+    """The run's loss terms against steps (moving average over about 1/20 of the run), log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,7 +312,7 @@ def plot_losses(log: str | Path, png: str | Path) -> Path:
         pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
         if not pts:
             continue
-        k = max(1, len(pts) // 50)
+        k = max(1, len(pts) // 20)
         steps = torch.tensor([p[0] for p in pts], dtype=torch.float64)
         values = torch.tensor([p[1] for p in pts], dtype=torch.float64)
         smooth = values.unfold(0, k, 1).mean(1) if len(values) >= k else values
