@@ -15,20 +15,23 @@ continues it), ``evidence/<id>.geojson`` per answer (the tiles read, WGS84 polyg
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lrs_vqa.answer import AskOptions, StrategyError, answer, get_adapter
 from lrs_vqa.answer_log import AnswerLog, write_json_atomic
+from lrs_vqa.distributed import RayOptions, require_ray, run_units
 from lrs_vqa.eval_errors import InputFileError, MalformedRowsError
 from lrs_vqa.evaluate import evidence_list, library_versions, model_id_of, progress_bar, stats_dict
-from lrs_vqa.evidence import write_evidence
-from lrs_vqa.image_groups import group_by_image, shared_pyramid
+from lrs_vqa.evidence import evidence_geojson
+from lrs_vqa.image_groups import group_by_image
 from lrs_vqa.rows import BadRow, Row, read_rows, text_field
+from lrs_vqa.work_units import Done, RowSink, answer_group
 from pyramid.errors import RasterInputError
 from pyramid.pool import PyramidPool
 from pyramid.remote import is_location
@@ -60,6 +63,7 @@ class BatchConfig:
     resume: bool = False
     skip_bad_rows: bool = False
     progress: bool = False
+    ray: RayOptions | None = None  # answer on Ray workers (lrs_vqa.distributed); None: in this process
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,8 @@ def _sha256(path: Path) -> str:
 
 
 def run_batch(cfg: BatchConfig) -> BatchSummary:
+    if cfg.ray is not None:
+        require_ray()  # before any file is written
     items, bad = load_items(cfg)
     if bad and not cfg.skip_bad_rows:
         first = "; ".join(b.describe() for b in bad[:3])
@@ -211,17 +217,25 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
     with log:
         before = sum(it.item_id in log.done for it in items)
         todo = [it for it in items if it.item_id not in log.done]
-        adapter = get_adapter(cfg.model, cfg.device, cfg.dtype) if todo else None
+        if cfg.ray is not None:  # a worker may run in another folder: give it absolute paths
+            todo = [_absolute(it) for it in todo]
+        job = BatchJob(settings["model"], cfg.device, cfg.dtype, cfg.options)
+        groups = group_by_image(todo, key=lambda it: it.image)  # the work units, one per image
         bar, task = progress_bar(cfg.progress, len(items), before, "batch")
-        t0 = time.perf_counter()
-        with bar:
-            for group in group_by_image(todo, key=lambda it: it.image):
-                with shared_pyramid(group[0].image) as pool:
-                    for it in group:
-                        row = _answer_one(it, adapter, cfg, evidence_dir, settings["model"], pool)
-                        log.append(row, it.item_id)
-                        bar.advance(task)
-        wall = time.perf_counter() - t0
+        sink = RowSink(log, out, bar, task)
+        ray_stats = None
+        if cfg.ray is not None and groups:
+            with bar:
+                ray_stats = run_units(job, groups, sink, cfg.ray)
+            wall = ray_stats.answer_seconds
+        else:
+            adapter = get_adapter(job.model, cfg.device, cfg.dtype) if todo else None
+            sink.restart_clock()
+            t0 = time.perf_counter()
+            with bar:
+                for group in groups:
+                    answer_group(job, group, adapter, sink.take)
+            wall = time.perf_counter() - t0
         rows = [log.done[it.item_id] for it in items if it.item_id in log.done]
     stats = [r["stats"] for r in rows if isinstance(r.get("stats"), dict)]
     summary = BatchSummary(
@@ -239,42 +253,63 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
         tiles_read=sum(s["tiles_read"] for s in stats),
         bad_rows=tuple(bad),
     )
-    write_json_atomic(summary.summary_path, {**summary.to_dict(), "settings": settings})
+    extra = {"ray": {**cfg.ray.describe(), **ray_stats.to_dict()}} if cfg.ray and ray_stats else {}
+    write_json_atomic(summary.summary_path, {**summary.to_dict(), "settings": settings, **extra})
     return summary
 
 
-def _answer_one(
-    it: BatchItem, adapter: Any, cfg: BatchConfig, evidence_dir: Path, model_id: str, pool: PyramidPool
-) -> dict:
-    row: dict[str, Any] = {
-        "id": it.item_id,
-        "image": it.image_label,
-        "question": it.question,
-        "line": it.line,
-    }
-    try:
-        record = answer(
-            it.image,
-            it.question,
-            model=adapter,
-            device=cfg.device,
-            dtype=cfg.dtype,
-            options=cfg.options,
-            pyramids=pool,
-        )
-    except (RasterInputError, StrategyError) as exc:  # this question only; the batch goes on
-        return {**row, "answer": None, "model": model_id, "error": " ".join(str(exc).split())}
-    # The evidence file is complete before its row exists: a row always points at a real file.
-    evidence = write_evidence(record, evidence_dir / f"{safe_name(it.item_id)}.geojson")
-    return {
-        **row,
-        "answer": record.answer,
-        "model": model_id,
-        "strategy": record.strategy,
-        "random_weights": record.random_weights,
-        "stats": stats_dict(record),
-        "tiles": evidence_list(record),
-        "evidence_file": str(evidence.relative_to(evidence_dir.parent)),
-        **{k: record.image[k] for k in ("remote", "stac") if k in record.image},  # URL / STAC inputs
-        "error": None,
-    }
+@dataclass(frozen=True)
+class BatchJob:
+    """How batch answers one item: in this process or in a Ray worker (it is pickled there). The evidence
+    GeoJSON travels in the result; the driver writes it before the row, so a row always points at a real
+    file."""
+
+    model: str  # model_id_of(--model): what get_adapter loads and what the rows name
+    device: str
+    dtype: str
+    options: AskOptions
+
+    def image_of(self, it: BatchItem) -> Path | str:
+        return it.image
+
+    def row_id(self, it: BatchItem) -> str:
+        return it.item_id
+
+    def answer(self, it: BatchItem, adapter: Any, pool: PyramidPool) -> Done:
+        try:
+            record = answer(
+                it.image,
+                it.question,
+                model=adapter,
+                device=self.device,
+                dtype=self.dtype,
+                options=self.options,
+                pyramids=pool,
+            )
+        except (RasterInputError, StrategyError) as exc:  # this question only; the batch goes on
+            return self.failed(it, " ".join(str(exc).split()))
+        evidence = f"evidence/{safe_name(it.item_id)}.geojson"
+        row = {
+            **_row_head(it),
+            "answer": record.answer,
+            "model": self.model,
+            "strategy": record.strategy,
+            "random_weights": record.random_weights,
+            "stats": stats_dict(record),
+            "tiles": evidence_list(record),
+            "evidence_file": evidence,
+            **{k: record.image[k] for k in ("remote", "stac") if k in record.image},  # URL / STAC inputs
+            "error": None,
+        }
+        return Done(it.item_id, row, False, ((evidence, json.dumps(evidence_geojson(record), indent=1)),))
+
+    def failed(self, it: BatchItem, error: str) -> Done:
+        return Done(it.item_id, {**_row_head(it), "answer": None, "model": self.model, "error": error}, True)
+
+
+def _absolute(it: BatchItem) -> BatchItem:
+    return replace(it, image=it.image.absolute()) if isinstance(it.image, Path) else it
+
+
+def _row_head(it: BatchItem) -> dict[str, Any]:
+    return {"id": it.item_id, "image": it.image_label, "question": it.question, "line": it.line}

@@ -31,13 +31,16 @@ from typing import Any
 from lrs_vqa.answer import AskOptions, StrategyError, answer, get_adapter
 from lrs_vqa.answer_log import AnswerLog, write_json_atomic
 from lrs_vqa.benchmarks import get_benchmark, score_file
+from lrs_vqa.distributed import RayOptions, require_ray, run_units
 from lrs_vqa.eval_errors import InputFileError, MalformedRowsError, MergeError, ResumeError
-from lrs_vqa.image_groups import group_by_image, shared_pyramid
+from lrs_vqa.image_groups import group_by_image
 from lrs_vqa.questions import Question, QuestionFile, load_questions, resolve_image, select
 from lrs_vqa.records import AnswerRecord
 from lrs_vqa.rows import BadRow, read_rows
 from lrs_vqa.wordnet import load_wordnet
+from lrs_vqa.work_units import Done, RowSink, answer_group
 from pyramid.errors import RasterInputError
+from pyramid.pool import PyramidPool
 
 RUN_FORMAT = "lrs-vqa-eval/1"
 # Settings that must not change between a run and its resumption (or between the shards of one merge).
@@ -63,6 +66,7 @@ class EvalConfig:
     score: bool = True
     normalize: bool = False
     progress: bool = False
+    ray: RayOptions | None = None  # answer on Ray workers (lrs_vqa.distributed); None: in this process
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,42 @@ def answer_row(
     return get_benchmark(benchmark).answer_row(q.qid, q.image, q.prompt, q.record, text, extra)
 
 
+@dataclass(frozen=True)
+class EvalJob:
+    """How eval answers one question: in this process or in a Ray worker (it is pickled there)."""
+
+    image_root: Path
+    benchmark: str
+    model: str  # model_id_of(--model): what get_adapter loads and what the rows name
+    device: str
+    dtype: str
+    options: AskOptions
+
+    def image_of(self, q: Question) -> Path | str:
+        return resolve_image(self.image_root, q.image)
+
+    def row_id(self, q: Question) -> str:
+        return q.qid
+
+    def answer(self, q: Question, adapter: Any, pool: PyramidPool) -> Done:
+        try:
+            record = answer(
+                self.image_of(q),
+                q.prompt,
+                model=adapter,
+                device=self.device,
+                dtype=self.dtype,
+                options=self.options,
+                pyramids=pool,
+            )
+        except (RasterInputError, StrategyError) as exc:  # this question only; go on
+            return self.failed(q, " ".join(str(exc).split()))
+        return Done(q.qid, answer_row(q, self.benchmark, self.model, record, None), failed=False)
+
+    def failed(self, q: Question, error: str) -> Done:
+        return Done(q.qid, answer_row(q, self.benchmark, self.model, None, error), failed=True)
+
+
 def _settings(cfg: EvalConfig, qf: QuestionFile) -> dict[str, Any]:
     return {
         "format": RUN_FORMAT,
@@ -200,13 +240,15 @@ def progress_bar(enabled: bool, total: int, done: int, label: str) -> Any:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),  # rows this invocation / its wall time (RowSink sets it)
+        TextColumn("{task.fields[failed]} failed"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=Console(stderr=True),
         disable=not enabled,
     )
-    task = bar.add_task(label, total=total, completed=done)
+    task = bar.add_task(label, total=total, completed=done, rate="", failed=0)
     return bar, task
 
 
@@ -240,6 +282,8 @@ def run_eval(
 ) -> EvalResult:
     """Answer the selected questions, appending a row per question; then score the answers file."""
     _check_config(cfg)
+    if cfg.ray is not None:
+        require_ray()  # before any file is written
     qf = load_questions(cfg.questions, cfg.image_root)
     if qf.bad_rows:
         if on_bad_rows is not None:
@@ -273,37 +317,30 @@ def run_eval(
     with log:
         before = sum(q.qid in log.done for q in mine)
         todo = [q for q in mine if q.qid not in log.done]
-        errors = opened = 0
-        t_load = time.perf_counter()
-        adapter = get_adapter(cfg.model, cfg.device, cfg.dtype) if todo else None
-        load_seconds = time.perf_counter() - t_load
+        # Absolute paths: a Ray worker may run in another folder (the rows name images as written).
+        root = cfg.image_root.absolute()
+        job = EvalJob(root, qf.benchmark, settings["model"], cfg.device, cfg.dtype, cfg.options)
+        groups = group_by_image(todo, key=lambda q: q.image)  # the work units, one per image
         bar, task = progress_bar(
             cfg.progress, len(mine), before, f"{qf.benchmark} {Path(settings['model']).name}"
         )
-        t0 = time.perf_counter()  # answering only: model loading is reported apart
-        with bar:
-            for group in group_by_image(todo, key=lambda q: q.image):
-                image = resolve_image(cfg.image_root, group[0].image)
-                with shared_pyramid(image) as shared:
-                    for q in group:
-                        record, error = None, None
-                        try:
-                            record = answer(
-                                image,
-                                q.prompt,
-                                model=adapter,
-                                device=cfg.device,
-                                dtype=cfg.dtype,
-                                options=cfg.options,
-                                pyramids=shared,
-                            )
-                        except (RasterInputError, StrategyError) as exc:  # this question only; go on
-                            error = " ".join(str(exc).split())
-                            errors += 1
-                        log.append(answer_row(q, qf.benchmark, settings["model"], record, error), q.qid)
-                        bar.advance(task)
-                opened += shared.opens
-        wall = time.perf_counter() - t0
+        sink = RowSink(log, out, bar, task)
+        ray_stats = None
+        if cfg.ray is not None and groups:
+            with bar:
+                ray_stats = run_units(job, groups, sink, cfg.ray)
+            load_seconds, wall = ray_stats.model_load_seconds, ray_stats.answer_seconds
+        else:
+            t_load = time.perf_counter()
+            adapter = get_adapter(job.model, cfg.device, cfg.dtype) if todo else None
+            load_seconds = time.perf_counter() - t_load
+            sink.restart_clock()
+            t0 = time.perf_counter()  # answering only: model loading is reported apart
+            with bar:
+                for group in groups:
+                    sink.images_opened += answer_group(job, group, adapter, sink.take)
+            wall = time.perf_counter() - t0
+        errors, opened = sink.failures, sink.images_opened
         rows = list(log.done.values())
     scores = _score(answers_path, cfg.score, cfg.normalize)
     results = {
@@ -326,6 +363,8 @@ def run_eval(
         "scores": scores,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if cfg.ray is not None:  # how it ran; the rows and scores are those of a local run
+        results["ray"] = {**cfg.ray.describe(), **(ray_stats.to_dict() if ray_stats else {})}
     write_json_atomic(results_path, results)
     return EvalResult(
         answers_path=answers_path,

@@ -26,7 +26,7 @@ if ! .venv/bin/python -c 'import torch, torchvision' 2>/dev/null; then
   "${PIP[@]}" install -q ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} $TORCH_SPEC
 fi
 
-if ! .venv/bin/python -c 'import lrs_vqa, pyramid, rasterio, pyvips, pytest, ruff, importlinter, gradio, playwright, nbclient' \
+if ! .venv/bin/python -c 'import lrs_vqa, pyramid, rasterio, pyvips, pytest, ruff, importlinter, gradio, playwright, nbclient, ray' \
    2>/dev/null || [ pyproject.toml -nt .venv/.lrs-vqa-installed ]; then
   "${PIP[@]}" install -q -e ".[app]" --group dev
   touch .venv/.lrs-vqa-installed

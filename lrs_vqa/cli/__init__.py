@@ -21,6 +21,7 @@ from lrs_vqa.cli import (  # noqa: F401  (they register)
     world,
 )
 from lrs_vqa.cli.base import EXIT_BAD_INPUT, app, err
+from lrs_vqa.cli.ray_options import bare_ray_to_auto
 from lrs_vqa.errors import LrsVqaError
 
 __all__ = ["app", "main"]
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the Typer app and maps expected failures to exit code 2."""
     try:
         # Standalone mode: Typer prints usage errors itself and exits with code 2.
-        app(args=argv, prog_name="lrs-vqa")
+        app(args=bare_ray_to_auto(sys.argv[1:] if argv is None else argv), prog_name="lrs-vqa")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except LrsVqaError as exc:  # every error a user causes derives from it (lrs_vqa.errors)

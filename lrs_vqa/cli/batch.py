@@ -11,6 +11,7 @@ from rich.table import Table
 
 from lrs_vqa.cli.ask_options import AskRun, with_ask_options
 from lrs_vqa.cli.base import app, err, out, print_bad_rows
+from lrs_vqa.cli.ray_options import CpusPerWorker, GpusPerWorker, Ray, Workers, ray_options
 from lrs_vqa.cli.run_options import Json, Progress, Resume, SkipBad
 
 
@@ -32,11 +33,16 @@ def batch(
     skip_bad_rows: SkipBad = False,
     progress: Progress = True,
     as_json: Json = False,
+    ray: Ray = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = None,
+    cpus_per_worker: CpusPerWorker = 1.0,
 ) -> None:
     """Answer many questions about your own images: resumable answers.jsonl, one GeoJSON evidence file per
-    answer, and a summary at the end."""
+    answer, and a summary at the end. --ray spreads the images over Ray workers (GPUs, machines)."""
     from lrs_vqa.batch import BatchConfig, run_batch
 
+    ray_opts = ray_options(ray, workers, gpus_per_worker, cpus_per_worker)
     cfg = BatchConfig(
         questions=questions,
         output_dir=output_dir,
@@ -49,6 +55,7 @@ def batch(
         resume=resume,
         skip_bad_rows=skip_bad_rows,
         progress=progress,
+        ray=ray_opts,
     )
     try:
         summary = run_batch(cfg)

@@ -10,6 +10,7 @@ import typer
 
 from lrs_vqa.cli.ask_options import AskRun, with_ask_options
 from lrs_vqa.cli.base import app, err, out, print_bad_rows
+from lrs_vqa.cli.ray_options import CpusPerWorker, GpusPerWorker, Ray, Workers, ray_options
 from lrs_vqa.cli.run_options import Json, Normalize, Progress, Resume, SkipBad
 
 
@@ -67,11 +68,17 @@ def eval_cmd(
     normalize: Normalize = False,
     progress: Progress = True,
     as_json: Json = False,
+    ray: Ray = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = None,
+    cpus_per_worker: CpusPerWorker = 1.0,
 ) -> None:
     """Run a model over a benchmark question file: one answer row per question, written as it goes
-    (--resume continues after a crash), then a results JSON with the scores, settings and versions."""
+    (--resume continues after a crash), then a results JSON with the scores, settings and versions.
+    --ray spreads the images over Ray workers (GPUs, machines); the files are the same."""
     from lrs_vqa.evaluate import EvalConfig, run_eval
 
+    ray_opts = ray_options(ray, workers, gpus_per_worker, cpus_per_worker)
     cfg = EvalConfig(
         questions=questions,
         image_root=image_root,
@@ -89,6 +96,7 @@ def eval_cmd(
         score=score_answers,
         normalize=normalize,
         progress=progress,
+        ray=ray_opts,
     )
     try:
         result = run_eval(cfg, on_bad_rows=lambda bad: print_bad_rows(bad, "malformed question rows"))
