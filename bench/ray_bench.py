@@ -69,15 +69,16 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"Load average before the runs: {args.load_before}. Answers identical in all runs: "
         f"{'yes' if same else 'NO'}.",
         "",
-        "| config | rows/s (answering) | × one process | model load s | wall s | driver CPU ms/row "
+        "| config | workers | rows/s (answering) | × one process | model load s | wall s | driver CPU ms/row "
         "| driver write ms/row |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         cpu = "-" if r["driver_cpu_ms_per_row"] is None else f"{r['driver_cpu_ms_per_row']:.1f}"
         write = "-" if r["driver_write_ms_per_row"] is None else f"{r['driver_write_ms_per_row']:.2f}"
         lines.append(
-            f"| {r['config']} | {r['rows_per_second']:.2f} | {r['rows_per_second'] / base:.2f} | "
+            f"| {r['config']} | {r['workers'] or '-'} | {r['rows_per_second']:.2f} | "
+            f"{r['rows_per_second'] / base:.2f} | "
             f"{r['model_load_seconds']:.1f} | {r['wall_seconds']:.1f} | {cpu} | {write} |"
         )
     return "\n".join(lines) + "\n"

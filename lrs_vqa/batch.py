@@ -253,7 +253,7 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
         tiles_read=sum(s["tiles_read"] for s in stats),
         bad_rows=tuple(bad),
     )
-    extra = {"ray": {**cfg.ray.describe(), **ray_stats.to_dict()}} if cfg.ray and ray_stats else {}
+    extra = {"ray": {"options": cfg.ray.describe(), **ray_stats.to_dict()}} if cfg.ray and ray_stats else {}
     write_json_atomic(summary.summary_path, {**summary.to_dict(), "settings": settings, **extra})
     return summary
 

@@ -242,7 +242,7 @@ def _drive(
         units_failed=failed_units,
         worker_failures=deaths,
         model_load_seconds=round(ready_at - t_start, 3),
-        answer_seconds=end - ready_at,
+        answer_seconds=round(end - ready_at, 3),
         driver_ms_per_row=round(
             1000 * (sink.busy_seconds - busy_before) / max(1, sink.log.appended - rows_before), 3
         ),

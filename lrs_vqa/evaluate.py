@@ -364,7 +364,7 @@ def run_eval(
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if cfg.ray is not None:  # how it ran; the rows and scores are those of a local run
-        results["ray"] = {**cfg.ray.describe(), **(ray_stats.to_dict() if ray_stats else {})}
+        results["ray"] = {"options": cfg.ray.describe(), **(ray_stats.to_dict() if ray_stats else {})}
     write_json_atomic(results_path, results)
     return EvalResult(
         answers_path=answers_path,
