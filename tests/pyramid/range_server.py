@@ -1,5 +1,6 @@
-"""A loopback HTTP server for the remote-raster tests: serves files from one folder with byte ranges, keeps
-its own log of requests and bytes sent (what the tests assert against), and can misbehave on demand."""
+"""A loopback HTTP server for the remote-raster tests and ``bench/pyramid_bench.py --remote-only``: serves
+files from one folder with byte ranges (read from the file by seek, streamed in 1 MiB pieces), keeps its own log
+of requests and bytes sent (what the tests assert against), and can misbehave on demand."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+CHUNK = 1 << 20  # bytes read from the file and written to the socket at a time
 
 
 @dataclass
@@ -67,12 +69,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass  # quiet: the tests read ServerLog
 
-    def _file(self) -> bytes | None:
+    def _file(self) -> Path | None:
         name = self.path.split("?", 1)[0].lstrip("/")
         path = (self.server.root / name).resolve()
         if not path.is_relative_to(self.server.root.resolve()) or not path.is_file():
             return None
-        return path.read_bytes()
+        return path
 
     def _write(self, body: bytes) -> None:
         """Log, then send: the client may go on as soon as it has the bytes, so a request logged after
@@ -82,6 +84,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             self.server.log.unsend(len(body))
+
+    def _write_file(self, path: Path, start: int, count: int) -> None:
+        """``count`` bytes of ``path`` from ``start``, logged first (as ``_write``), read and sent in
+        ``CHUNK`` pieces: a range never reads the rest of the file, a whole-file GET never holds it all."""
+        self.server.log.add(self.path, count, self.headers.get("Range", ""))
+        left = count
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                while left > 0:
+                    piece = fh.read(min(CHUNK, left))
+                    if not piece:
+                        break
+                    self.wfile.write(piece)
+                    left -= len(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        if left:
+            self.server.log.unsend(left)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str], head: bool) -> None:
         self.send_response(status)
@@ -97,12 +118,12 @@ class _Handler(BaseHTTPRequestHandler):
             body = b"denied" if mode == "403" else b"not found"
             self._send(int(mode), body, {"Content-Type": "text/plain"}, head)
             return
-        data = self._file()
-        if data is None:
+        path = self._file()
+        if path is None:
             self._send(404, b"not found", {"Content-Type": "text/plain"}, head)
             return
-        size = len(data)
-        served = data[: size // 2] if mode == "truncated" else data
+        size = path.stat().st_size
+        served = size // 2 if mode == "truncated" else size  # the bytes this server really has
         rng = _RANGE.match(self.headers.get("Range", "").strip())
         if rng is None or mode == "no-range" or head:
             # HEAD and plain GETs: the whole file (a truncated server still declares the full size).
@@ -112,8 +133,8 @@ class _Handler(BaseHTTPRequestHandler):
             if mode != "no-range":
                 self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
-            self.close_connection = not head and len(served) < size
-            self._write(b"" if head else served)
+            self.close_connection = not head and served < size
+            self._write_file(path, 0, 0 if head else served)
             return
         first, last = rng.group(1), rng.group(2)
         if first == "":  # suffix range: the last N bytes
@@ -127,7 +148,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self._write(b"")
             return
-        chunk = served[start : end + 1]
+        count = max(0, min(end + 1, served) - start)
         self.send_response(206)
         self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.send_header("Content-Length", str(end + 1 - start))
@@ -135,8 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
         # Fewer bytes than declared (the truncated mode): close, so the client sees a short read.
-        self.close_connection = len(chunk) < end + 1 - start
-        self._write(chunk)
+        self.close_connection = count < end + 1 - start
+        self._write_file(path, start, count)
 
     def do_GET(self) -> None:
         self._serve(head=False)
