@@ -9,7 +9,8 @@ trained on) is asked with each configuration, one question at a time through ``a
                         anyres-p144 analogue on our pyramid);
 * ``c2f/attention``   — the coarse-to-fine loop with the training-free attention scorer;
 * ``c2f/rfm[-NAME]``  — the loop with a Region Focus Module trained by ``lrs-vqa train-rfm``
-                        (``--rfm [NAME=]DIR``, repeatable: one configuration per RFM);
+                        (``--rfm [NAME=]DIR``, repeatable: one configuration per RFM), or an untrained one
+                        copied from the host's layers (``--rfm NAME=init:L``, layer list L ``+``-separated);
 * ``oracle``          — the thumbnail plus the native tile(s) under the target's ground-truth box(es)
                         (strategy ``region``); questions without a target (absent objects, rural/urban) get
                         the thumbnail alone.
@@ -94,6 +95,17 @@ def target_read(record: Any, row: dict[str, Any]) -> bool | None:
         if any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b in boxes):
             return True
     return False
+
+
+def untrained_rfm(model: str, layers: str, folder: Path) -> Path:
+    """An RFM folder holding the host's own layers, untrained (``RegionFocusModule.from_host``): the
+    starting point of ``train-rfm`` with the same layer list, as a configuration of its own."""
+    from lrs_vqa.models.region_focus import RegionFocusModule
+    from lrs_vqa.models.rfm_checkpoint import write_rfm
+
+    adapter = load_adapter(model)
+    rfm = RegionFocusModule.from_host(adapter, llm_layer_list=[int(x) for x in layers.split("+")])
+    return write_rfm(folder, rfm, adapter, steps=0, training=None)
 
 
 def reused(out: Path, config: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -247,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         "--rfm",
         action="append",
         default=[],
-        help="[NAME=]DIR, a train-rfm folder: adds the c2f/rfm (c2f/rfm-NAME) configuration; repeatable",
+        help="[NAME=]DIR, a train-rfm folder, or NAME=init:L (the host's layers L, untrained): adds c2f/rfm "
+        "(c2f/rfm-NAME) configuration; repeatable",
     )
     ap.add_argument(
         "--reuse",
@@ -278,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.rfm:
         name, _, folder = spec.rpartition("=")
         config = f"c2f/rfm-{name}" if name else "c2f/rfm"
+        if folder.startswith("init:"):
+            folder = str(untrained_rfm(args.model, folder[5:], args.bench.parent / f"rfm-{name or 'init'}"))
         RFM_DIRS[config] = folder
         if config not in configs:
             configs.insert(configs.index("oracle") if "oracle" in configs else len(configs), config)

@@ -28,7 +28,7 @@ from transformers import DynamicCache
 from lrs_vqa.engine.decoder import DecoderLoop, PrefillInputs
 from lrs_vqa.engine.taps import TapRecorder, last_row, recording
 from lrs_vqa.models.region_focus import RegionFocusModule
-from lrs_vqa.models.rfm_checkpoint import CONFIG, FORMAT, WEIGHTS, load_rfm_weights
+from lrs_vqa.models.rfm_checkpoint import CONFIG, FORMAT, WEIGHTS, load_rfm_weights, write_rfm
 from pyramid.errors import LrsVqaError
 from rfm.base import local_rows
 from rfm.distill import box_loss, box_target, distill_terms
@@ -335,24 +335,11 @@ def _fingerprint(adapter: ModelAdapter, cfg: RFMTrainConfig) -> dict:
 def _save(
     out: Path, fingerprint: dict, rfm: RegionFocusModule, opt, step: int, adapter: ModelAdapter, cfg
 ) -> None:
-    from safetensors.torch import save_file
-
     tmp = out / (STATE + ".part")
     torch.save(
         {"format": FORMAT, "fingerprint": fingerprint, "step": step, "optimizer": opt.state_dict()}, tmp
     )
-    weights = {k: v.detach().contiguous().cpu() for k, v in rfm.state_dict().items() if "rotary" not in k}
-    save_file(weights, str(out / (WEIGHTS + ".part")))
-    meta = {
-        "format": FORMAT,
-        "host": str(adapter.source),
-        "llm_layer_list": list(rfm.llm_layer_list or ()),
-        "hidden_size": int(rfm.config.hidden_size),  # type: ignore[attr-defined]
-        "host_layers": len(adapter.decoder.layers),
-        "steps": step,
-        "training": asdict(cfg),
-    }
-    (out / (CONFIG + ".part")).write_text(json.dumps(meta, indent=2) + "\n")
+    write_rfm(out, rfm, adapter, steps=step, training=asdict(cfg), suffix=".part")
     for name in (WEIGHTS, CONFIG, STATE):  # a kill between these leaves a consistent older set at worst
         os.replace(out / (name + ".part"), out / name)
 

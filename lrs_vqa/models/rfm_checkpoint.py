@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lrs_vqa.models.region_focus import RegionFocusModule
 from pyramid.errors import LrsVqaError
@@ -34,6 +34,37 @@ def load_rfm_weights(rfm: RegionFocusModule, folder: str | Path) -> None:
     missing, unexpected = rfm.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "rotary" not in k]:
         raise RFMCheckpointError(f"{folder}: RFM weights do not fit this host")
+
+
+def write_rfm(
+    folder: str | Path,
+    rfm: RegionFocusModule,
+    adapter: ModelAdapter,
+    *,
+    steps: int,
+    training: dict[str, Any] | None,
+    suffix: str = "",
+) -> Path:
+    """Write ``rfm`` as an RFM folder for ``adapter`` (``steps`` optimiser steps, ``training`` its settings,
+    None for an untrained copy of the host's layers). With a ``suffix`` the files get it appended, for a
+    caller that renames them into place together (atomic checkpoints)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().contiguous().cpu() for k, v in rfm.state_dict().items() if "rotary" not in k}
+    save_file(weights, str(folder / (WEIGHTS + suffix)))
+    meta = {
+        "format": FORMAT,
+        "host": str(adapter.source),
+        "llm_layer_list": list(rfm.llm_layer_list or ()),
+        "hidden_size": int(rfm.config.hidden_size),  # type: ignore[attr-defined]
+        "host_layers": len(adapter.decoder.layers),
+        "steps": steps,
+        "training": training,
+    }
+    (folder / (CONFIG + suffix)).write_text(json.dumps(meta, indent=2) + "\n")
+    return folder
 
 
 def load_rfm(folder: str | Path, adapter: ModelAdapter) -> RegionFocusModule:
