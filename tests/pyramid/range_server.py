@@ -1,4 +1,4 @@
-"""A loopback HTTP server for the remote-raster tests and ``bench/pyramid_bench.py --remote-only``: serves
+"""A loopback HTTP server for the remote-raster tests and ``bench/remote_bench.py``: serves
 files from one folder with byte ranges (read from the file by seek, streamed in 1 MiB pieces), keeps its own log
 of requests and bytes sent (what the tests assert against), and can misbehave on demand."""
 
