@@ -20,6 +20,12 @@ first open: that cold cost is measured in a fresh cache folder, the warm runs re
 measures native-tile streaming throughput (workers=2 and workers=1) and the single-core JPEG decode rate
 of libjpeg-turbo and of GDAL for reference, then prints PASS/MISS for the targets of the issue.
 
+Reference rows (issue 15): a **plain reader** — each JPEG tile's bytes read with tifffile's offsets, decoded
+with imagecodecs on 2 threads, nothing kept — over every native tile and over the 1/4 overview, run
+alternately with the DIP's streaming of the same level so both see the same machine; and (a+b) **whole
+process** (interpreter start and imports included, wall time of the child) for the DIP and PIL.
+``--files cog`` measures the COG only.
+
     .venv/bin/python bench/pyramid_bench.py --size 4096 --repeats 1     # ~30 s smoke run
     .venv/bin/python bench/pyramid_bench.py                             # 27,328², ~18-30 min
 """
@@ -61,6 +67,9 @@ NOISY_CORES = 0.3  # a run during which other processes used more than this many
 COARSE_TARGET_S = 0.2
 SPEEDUP_TARGET = 20.0
 MEMORY_TARGET = 0.1
+PLAIN_TARGET = 0.8  # issue 15: streaming at >= 80 % of the plain reader's rate
+IN_PROCESS_TARGET = 80.0  # issue 15: (a+b) vs PIL, imports excluded
+WHOLE_TARGET = 40.0  # issue 15: (a+b) vs PIL, whole process
 DECODE_RATE = {"GDAL JPEG (IJG libjpeg 9, rasterio wheel)": 85.0, "libjpeg-turbo": 300.0}  # MP/s per core
 
 
@@ -93,18 +102,23 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         return _child_dip(spec)
     if kind == "decode":
         return _child_decode(spec)
+    if kind == "plain":
+        return _child_plain(spec)
     raise ValueError(f"unknown child kind {kind!r}")
 
 
 def _child_dip(spec: dict[str, Any]) -> dict[str, Any]:
     # Imports first (excluded from the timing); pyramid sets GDAL/VIPS env defaults before pyvips loads.
-    import imagecodecs  # noqa: F401  (used by tifffile's decoders on the direct path)
-    import numpy as np  # noqa: F401
-    import tifffile  # noqa: F401
+    # ``whole_process`` runs import only what the pyramid itself imports (its time is the child's wall).
+    if not spec.get("whole_process"):
+        import cv2  # noqa: F401  (imported lazily by the first resampled read)
+        import imagecodecs  # noqa: F401  (used by tifffile's decoders on the direct path)
+        import numpy as np  # noqa: F401
+        import tifffile  # noqa: F401
 
     from pyramid.dip import DynamicImagePyramid, PyramidOptions, TileKey
 
-    if spec["file"] != "cog":
+    if spec["file"] != "cog" and not spec.get("whole_process"):
         import pyvips  # noqa: F401  (the disk-cache builder imports it lazily)
 
     op = spec["op"]
@@ -162,6 +176,40 @@ def _child_dip(spec: dict[str, Any]) -> dict[str, Any]:
         "tiles": n_tiles,
         "out_px": out_px,
         **extra,
+    }
+
+
+def _child_plain(spec: dict[str, Any]) -> dict[str, Any]:
+    """The plain reader: every tile of one COG level — bytes by tifffile's offsets, imagecodecs' JPEG decode
+    on 2 threads, each array dropped at once. The rate the pyramid's streaming is held to (issue 15)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import imagecodecs
+    import tifffile
+
+    base_rss = _peak_rss()
+    t0 = time.perf_counter()
+    with tifffile.TiffFile(spec["path"]) as tif:
+        page = next(lv.keyframe for lv in tif.series[0].levels if lv.keyframe.imagewidth == spec["width"])
+        offsets, counts, tables = page.dataoffsets, page.databytecounts, page.jpegtables
+        fd = os.open(spec["path"], os.O_RDONLY)
+
+        def decode(i: int) -> int:
+            tile = imagecodecs.jpeg8_decode(os.pread(fd, counts[i], offsets[i]), tables=tables)
+            return tile.shape[0] * tile.shape[1]
+
+        with ThreadPoolExecutor(2) as pool:
+            decoded_px = sum(pool.map(decode, range(len(offsets))))
+        os.close(fd)
+        out_px = page.imagewidth * page.imagelength
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "peak_rss": _peak_rss(),
+        "base_rss": base_rss,
+        "tiles": len(offsets),
+        "out_px": out_px,
+        "decoded_px": decoded_px,
     }
 
 
@@ -348,12 +396,13 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _wait_quiet(threshold: float = 0.25, window: float = 0.5, max_wait: float = QUIET_MAX_WAIT_S) -> float:
+def _wait_quiet(threshold: float = 0.25, window: float = 0.5, max_wait: float | None = None) -> float:
     """Wait (up to ``max_wait`` s) until other processes use less than ``threshold`` cores.
 
     The machine is shared; a busy neighbour on 2 cores would distort every timing. Returns the seconds
     waited. What other processes still used while a child ran is recorded as ``background_cores``.
     """
+    max_wait = QUIET_MAX_WAIT_S if max_wait is None else max_wait
     t0 = time.perf_counter()
     while True:
         b0 = _cpu_busy()
@@ -416,11 +465,15 @@ def ensure_inputs(size: int, folder: Path) -> dict[str, Any]:
         for p in (paths["striped"], paths["png"]):
             p.unlink(missing_ok=True)
         save()
-    if not paths["striped"].exists():
+    if "striped" not in FILES:
+        paths.pop("striped")
+    if "png" not in FILES:
+        paths.pop("png")
+    if "striped" in paths and not paths["striped"].exists():
         _log("writing the striped LZW TIFF")
         meta["striped_seconds"] = _write_striped(paths["cog"], paths["striped"])
         save()
-    if not paths["png"].exists():
+    if "png" in paths and not paths["png"].exists():
         _log("writing the PNG (libvips, compression=1)")
         meta["png_seconds"] = _write_png(paths["cog"], paths["png"])
         save()
@@ -514,6 +567,8 @@ def reference_geometry(size: int) -> dict[str, Any]:
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    global FILES
+    FILES = tuple(f for f in FILES if f in args.files)
     out_dir: Path = args.out_dir
     size: int = args.size
     repeats: int = args.repeats
@@ -528,7 +583,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
     # Cold first open of the files without overviews: a fresh cache folder per run; the first one is kept
     # and reused by every warm run below.
-    for f in ("striped", "png"):
+    for f in [f for f in ("striped", "png") if f in FILES]:
         warm_dir = cache_root / f"{f}-warm"
         shutil.rmtree(warm_dir, ignore_errors=True)
 
@@ -568,6 +623,39 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     _log("[cog] single-core decode rates")
     decode = run_child({"kind": "decode", "file": "cog", "path": paths["cog"]}, 1)
 
+    # The plain reader against the pyramid on the same level, alternating run by run (issue 15).
+    vs_plain: dict[str, dict[str, Measure]] = {}
+    for name, op, factor in (("native", "stream", 1), ("1/4", "level4", 4)):
+        both = vs_plain[name] = {"dip": Measure(), "plain": Measure()}
+        dip_spec = {"kind": "dip", "file": "cog", "op": op, "path": paths["cog"], "workers": 2}
+        dip_spec["cache_dir"] = str(cache_root / "cog")
+        plain_spec = {
+            "kind": "plain",
+            "file": "cog",
+            "op": name,
+            "path": paths["cog"],
+            "width": size // factor,
+        }
+        _log(f"[cog] {name}: the pyramid vs the plain reader, alternating")
+        for _ in range(repeats):
+            for key, spec in (("dip", dip_spec), ("plain", plain_spec)):
+                one = run_child(spec, 1)
+                both[key].runs += one.runs
+                both[key].error = both[key].error or one.error
+
+    # (a+b) as a user's script pays it: interpreter start and imports included.
+    whole: dict[str, Measure] = {"dip": Measure(), "pil": Measure()}
+    if not args.skip_pil:
+        _log("[cog] (a+b) whole process, DIP and PIL alternating")
+        for _ in range(max(repeats, 5)):
+            for key, spec in (
+                ("dip", {"kind": "dip", "file": "cog", "op": "coarse+tiles64", "whole_process": True}),
+                ("pil", {"kind": "pil", "file": "cog", "op": "coarse+tiles64", **geo}),
+            ):
+                one = run_child({**spec, "path": paths["cog"], "cache_dir": str(cache_root / "cog")}, 1)
+                whole[key].runs += one.runs
+                whole[key].error = whole[key].error or one.error
+
     if not args.skip_pil:
         for f in FILES:
             for op in OPS:
@@ -580,8 +668,18 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         pil={f: {op: m.to_json() for op, m in d.items()} for f, d in pil.items()},
         stream={str(k): v.to_json() for k, v in stream.items()},
         decode=decode.to_json(),
+        vs_plain={k: {kk: m.to_json() for kk, m in v.items()} for k, v in vs_plain.items()},
+        whole_process={k: m.to_json() for k, m in whole.items()},
     )
-    results["_measures"] = {"cold": cold, "dip": dip, "pil": pil, "stream": stream, "decode": decode}
+    results["_measures"] = {
+        "cold": cold,
+        "dip": dip,
+        "pil": pil,
+        "stream": stream,
+        "decode": decode,
+        "vs_plain": vs_plain,
+        "whole": whole,
+    }
     return results
 
 
@@ -628,14 +726,16 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         if "cog_seconds" in inputs
         else f"| cog | COG | {_bytes(inputs['cog_bytes'])} | (reused) |"
     )
-    add(
-        f"| striped | striped LZW, GDAL default rows/strip | {_bytes(inputs['striped_bytes'])} | "
-        f"{_fmt_s(inputs['striped_seconds'])} (rasterio, 512-row bands from the COG) |"
-    )
-    add(
-        f"| png | PNG, deflate level 1 | {_bytes(inputs['png_bytes'])} | "
-        f"{_fmt_s(inputs['png_seconds'])} (pyvips `pngsave(compression=1)` from the COG) |"
-    )
+    if "striped" in FILES:
+        add(
+            f"| striped | striped LZW, GDAL default rows/strip | {_bytes(inputs['striped_bytes'])} | "
+            f"{_fmt_s(inputs['striped_seconds'])} (rasterio, 512-row bands from the COG) |"
+        )
+    if "png" in FILES:
+        add(
+            f"| png | PNG, deflate level 1 | {_bytes(inputs['png_bytes'])} | "
+            f"{_fmt_s(inputs['png_seconds'])} (pyvips `pngsave(compression=1)` from the COG) |"
+        )
     add("")
     add(
         f"Coarse level {geo['coarse_size'][0]}×{geo['coarse_size'][1]}; 1/4 level "
@@ -682,7 +782,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
 
     bg = [
         r.get("background_cores", 0.0)
-        for group in (m["cold"], *m["dip"].values(), *m["pil"].values(), m["stream"])
+        for group in (m["cold"], *m["dip"].values(), *m["pil"].values(), m["stream"], *m["vs_plain"].values())
         for ms in group.values()
         for r in ms.runs
     ]
@@ -717,8 +817,55 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             f"GDAL_NUM_THREADS=1) {r['gdal_mps']:,.0f} MP/s.\n"
         )
 
+    add("## The pyramid vs a plain reader (COG, 2 threads each, alternating runs)\n")
+    add(
+        "| Level | Tiles (DIP / plain) | DIP time | DIP MP/s | Plain time | Plain MP/s | DIP / plain | "
+        "DIP peak RSS | DIP block cache (max) |"
+    )
+    add("|---|---|---|---|---|---|---|---|---|")
+    plain_ratio: dict[str, float] = {}
+    for name, both in m["vs_plain"].items():
+        d, p = both["dip"], both["plain"]
+        if not (d.ok and p.ok):
+            add(f"| {name} | error: {d.error or p.error} | | | | | | | |")
+            continue
+        d_mps = statistics.median(r["out_px"] / 1e6 / r["seconds"] for r in d.runs)
+        p_mps = statistics.median(r["out_px"] / 1e6 / r["seconds"] for r in p.runs)
+        plain_ratio[name] = d_mps / p_mps
+        cache = max(r["stats"]["block_cache_bytes"] for r in d.runs)
+        add(
+            f"| {name} | {d.runs[0]['tiles']:,} / {p.runs[0]['tiles']:,} | {d.t()} | {d_mps:,.0f} | "
+            f"{p.t()} | {p_mps:,.0f} | {d_mps / p_mps:.2f} | {_mb(d.peak())} | {_mb(cache)} |"
+        )
+    add("")
+    whole = m["whole"]
+    if whole["dip"].ok and whole["pil"].ok:
+        wd, wp = whole["dip"].median("process_wall"), whole["pil"].median("process_wall")
+        add(
+            f"(a+b) coarse + 64 tiles, **whole process** (`python` start, imports and the work; median of "
+            f"{len(whole['dip'].runs)} alternating runs): DIP {wd:.3f} s, PIL {wp:.2f} s = "
+            f"{_ratio(wp / wd)}; "
+            f"peak RSS {_mb(whole['dip'].peak())} vs {_mb(whole['pil'].peak())}.\n"
+        )
+
     add("## Targets\n")
     verdicts = targets(m, rates)
+    for name, ratio in plain_ratio.items():
+        verdicts.append(
+            f"{_pass(ratio >= PLAIN_TARGET)} {name} streaming ≥ {PLAIN_TARGET:.0%} of the plain reader's "
+            f"rate: {ratio:.0%}"
+        )
+    d, p = m["dip"]["cog"].get("coarse+tiles64"), m["pil"]["cog"].get("coarse+tiles64")
+    if d and d.ok and p and p.ok:
+        x = p.median() / d.median()
+        verdicts.append(
+            f"{_pass(x >= IN_PROCESS_TARGET)} (a+b) ≥ {IN_PROCESS_TARGET:.0f}× PIL in-process: {x:,.1f}×"
+        )
+    if whole["dip"].ok and whole["pil"].ok:
+        x = whole["pil"].median("process_wall") / whole["dip"].median("process_wall")
+        verdicts.append(
+            f"{_pass(x >= WHOLE_TARGET)} (a+b) ≥ {WHOLE_TARGET:.0f}× PIL whole-process: {x:,.1f}×"
+        )
     for v in verdicts:
         add(f"- {v}")
     add("")
@@ -786,14 +933,22 @@ def _git_state() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global QUIET_MAX_WAIT_S
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=27328, help="side of the square synthetic scene (px)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out", help="work folder")
     ap.add_argument("--repeats", type=int, default=3, help="fresh-process runs per measurement")
     ap.add_argument("--skip-pil", action="store_true", help="skip the PIL reference (~7 GB RAM per run)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files and caches")
+    ap.add_argument(
+        "--quiet-wait", type=float, default=QUIET_MAX_WAIT_S, help="s each run waits for a quiet machine"
+    )
+    ap.add_argument(
+        "--files", default=",".join(FILES), type=lambda v: tuple(v.split(",")), help="cog,striped,png"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    QUIET_MAX_WAIT_S = args.quiet_wait
     if args.child:
         child_main(args.child)
         return

@@ -28,12 +28,15 @@ def nbytes_of(value: object) -> int:
 
 
 class ByteLRUCache(Generic[V]):
-    """Thread-safe LRU cache bounded by the bytes of its values (not by a count)."""
+    """Thread-safe LRU cache bounded by the bytes of its values (not by a count).
 
-    def __init__(self, max_bytes: int) -> None:
+    ``on_evict`` is called with each value the bound pushes out (or a ``put`` replaces), outside the lock."""
+
+    def __init__(self, max_bytes: int, on_evict: Callable[[V], None] | None = None) -> None:
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
         self.max_bytes = max_bytes
+        self._on_evict = on_evict
         self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -59,17 +62,22 @@ class ByteLRUCache(Generic[V]):
 
     def put(self, key: Hashable, value: V) -> None:
         size = nbytes_of(value)
+        evicted: list[V] = []
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
                 self._bytes -= old[1]
-            if size > self.max_bytes:
-                return  # never let one oversized value evict everything and still not fit
-            self._items[key] = (value, size)
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, (_, evicted) = self._items.popitem(last=False)
-                self._bytes -= evicted
+                evicted.append(old[0])
+            if size <= self.max_bytes:  # never let one oversized value evict everything and still not fit
+                self._items[key] = (value, size)
+                self._bytes += size
+                while self._bytes > self.max_bytes:
+                    _, (gone, gone_size) = self._items.popitem(last=False)
+                    self._bytes -= gone_size
+                    evicted.append(gone)
+        if self._on_evict is not None:
+            for gone in evicted:
+                self._on_evict(gone)
 
     def get_or_load(self, key: Hashable, load: Callable[[], V]) -> V:
         value = self.get(key)

@@ -29,7 +29,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from affine import Affine
 from rasterio.enums import ColorInterp
@@ -40,7 +39,7 @@ from pyramid.geometry import Georef, TileGeometry
 from pyramid.level_cache import LevelCacheEntry, ensure_level_cache
 from pyramid.levels import Level, PixelBox, PyramidSpec, plan_levels, plan_thumbnail
 from pyramid.radiometry import BandPlan, Stretch, choose_bands, compute_stretch
-from pyramid.reader import Region, RegionReader
+from pyramid.reader import Region, RegionReader, release_evicted
 from pyramid.remote import RemoteOptions, TransferCounter, download, is_location, locate
 from pyramid.source import DEFAULT_MAX_PIXELS, Layout, RasterInfo, inspect_raster
 from pyramid.stac import is_stac_item, resolve_stac
@@ -50,6 +49,10 @@ _CV_AREA_DTYPES = frozenset({"uint8", "uint16", "int16", "float32", "float64"})
 THUMBNAIL = -1  # level index of the global thumbnail
 _MAX_WHOLE_LEVEL_PIXELS = 64 * 1024 * 1024
 _MAX_KEPT_LEVEL_PIXELS = 4 * 1024 * 1024  # resampled levels this small are read whole and kept (12 MB RGB)
+# Stream tasks: a run of up to this many tiles of one row is one task (per-tile task overhead was ~1/4 of
+# native streaming), and a few blocks per decode task keep both threads busy without a task per block.
+_RUN_TILES = 16
+_WARM_BLOCKS = 4
 
 
 @dataclass(frozen=True, order=True)
@@ -124,7 +127,7 @@ class DynamicImagePyramid:
             options.bands,
         )
         self.georef: Georef | None = Georef(Affine(*info.transform), info.crs) if info.georeferenced else None
-        self.block_cache: ByteLRUCache[Region] = ByteLRUCache(options.tile_cache_bytes)
+        self.block_cache: ByteLRUCache[Region] = ByteLRUCache(options.tile_cache_bytes, release_evicted)
         self.disk_cache: LevelCacheEntry | None = None
         self._readers: dict[tuple[str, int | None], RegionReader] = {}
         self._stretch: Stretch | None = None
@@ -298,6 +301,8 @@ class DynamicImagePyramid:
         region = ovr.read(box)
         if region.valid is not None:
             return None
+        import cv2  # ~100 ms to import: paid by the first resampled read, not by open or inspect
+
         data = cv2.resize(region.data, (level_box.width, level_box.height), interpolation=cv2.INTER_AREA)
         return Region(data.reshape(level_box.height, level_box.width, -1), None)
 
@@ -365,7 +370,10 @@ class DynamicImagePyramid:
         if self.refusal is not None:
             raise self.refusal
         level_box = level_box.clip(level.width, level.height)
-        region = self._read_level_source(level, level_box)
+        return self._finish(self._read_level_source(level, level_box))
+
+    def _finish(self, region: Region) -> tuple[np.ndarray, np.ndarray | None]:
+        """A read's uint8 RGB pixels and validity (None = all valid)."""
         positions = self.bands.rgb_positions
         # Plain RGB needs no band gather: the fancy-index copy cost ~30% of native streaming.
         plain = positions == [0, 1, 2] and region.data.shape[-1] == 3
@@ -384,19 +392,34 @@ class DynamicImagePyramid:
         return self.georef.tile_geometry(level0_box) if self.georef else TileGeometry(level0_box)
 
     def tile(self, level: int, row: int, col: int) -> Tile:
-        lvl = self.level(level)
-        level_box = lvl.tile_level_box(row, col)
-        pixels, valid = self.read_level_region(lvl, level_box)
+        return self.tiles([TileKey(level, row, col)])[0]
+
+    def tiles(self, keys: list[TileKey]) -> list[Tile]:
+        """The tiles of ``keys``. When they are all of one level served from blocks, each block is read and
+        pinned once for the batch: the stream's unit of work, so per-tile Python stays small."""
+        if not keys:
+            return []
+        if self.refusal is not None:
+            raise self.refusal
+        levels = [self.level(k.level) for k in keys]
+        # A negative index other than THUMBNAIL counts from native; keys name the level by its index.
+        keys = [
+            TileKey(lv.index if k.level != THUMBNAIL else THUMBNAIL, k.row, k.col)
+            for k, lv in zip(keys, levels, strict=True)
+        ]
+        boxes = [lv.tile_level_box(k.row, k.col) for k, lv in zip(keys, levels, strict=True)]
+        first = keys[0].level
+        reader = self._block_reader(levels[0]) if first != THUMBNAIL else None
+        if reader is not None and all(k.level == first for k in keys):
+            reads = [self._finish(r) for r in reader.read_many(boxes, levels[0].tile_size)]
+        else:
+            reads = [self.read_level_region(lv, b) for lv, b in zip(levels, boxes, strict=True)]
         with self._lock:
-            self.tiles_read += 1
-        return Tile(
-            TileKey(lvl.index if level != THUMBNAIL else THUMBNAIL, row, col),
-            lvl.name,
-            level_box,
-            self.geometry(lvl.to_level0(level_box)),
-            pixels,
-            valid,
-        )
+            self.tiles_read += len(keys)
+        return [
+            Tile(k, lv.name, box, self.geometry(lv.to_level0(box)), pixels, valid)
+            for k, lv, box, (pixels, valid) in zip(keys, levels, boxes, reads, strict=True)
+        ]
 
     def read_resampled(
         self, box: tuple[float, float, float, float], out_width: int, out_height: int
@@ -420,6 +443,8 @@ class DynamicImagePyramid:
             min(level.height, math.ceil(y1 / fy) + 1),
         )
         pixels, valid = self.read_level_region(level, read)
+        import cv2
+
         # Output pixel centre u + 0.5 lies at level-0 x0 + (u + 0.5)·step_x, i.e. at array column
         # (x0 + (u + 0.5)·step_x) / fx − read.x0 − 0.5.
         matrix = np.array(
@@ -471,41 +496,76 @@ class DynamicImagePyramid:
 
     # -- streaming ----------------------------------------------------------------------------------------
     def stream(self, keys: Iterable[TileKey], *, prefetch: int = 8) -> Iterator[Tile]:
-        """Yield the requested tiles in request order, decoding ahead on ``options.workers`` threads."""
+        """Yield the requested tiles in request order, decoding ahead on ``options.workers`` threads.
+
+        Consecutive keys of one level and tile row form a run (at most ``_RUN_TILES``): one task reads them
+        all (``tiles``). Their blocks are decoded first, by tasks of a few blocks each, queued one run ahead
+        of the run that needs them, so a thread seldom waits on the other's decode. At least ``prefetch``
+        tiles, and two runs, are read ahead of the consumer."""
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self.options.workers, thread_name_prefix="dip")
             executor = self._executor
-        pending: deque[Future[Tile]] = deque()
+        pending: deque[Future[list[Tile]]] = deque()
         warming: deque[Future[None]] = deque()
         queued_blocks: set[tuple[int, int, int]] = set()
+        held: list[
+            list[TileKey]
+        ] = []  # the newest run: its task waits until the next run's blocks are queued
+        in_flight = 0  # tiles queued or held and not yet yielded
 
-        def submit(key: TileKey) -> None:
-            # Decode the tile's blocks as their own tasks first: adjacent tiles share blocks, so tile
-            # tasks alone would leave one thread waiting on the other's decode.
-            level = self.level(key.level)
-            reader = self._block_reader(level) if key.level != THUMBNAIL else None
-            if reader is not None:
+        def warm(run: list[TileKey]) -> None:
+            level = self.level(run[0].level)
+            reader = self._block_reader(level) if run[0].level != THUMBNAIL else None
+            if reader is None:
+                return
+            blocks: list[tuple[int, int]] = []
+            for key in run:
                 for bi, bj in reader.blocks_for(level.tile_level_box(key.row, key.col)):
                     if (key.level, bi, bj) not in queued_blocks:
                         queued_blocks.add((key.level, bi, bj))
-                        warming.append(executor.submit(reader.warm, bi, bj))
-            pending.append(executor.submit(self.tile, key.level, key.row, key.col))
+                        blocks.append((bi, bj))
+            blocks.sort()
+            for i in range(0, len(blocks), _WARM_BLOCKS):
+                warming.append(executor.submit(reader.warm, blocks[i : i + _WARM_BLOCKS]))
 
-        it = iter(keys)
+        def submit(run: list[TileKey] | None) -> None:
+            # Queue this run's blocks, then the previous run's task: its blocks are then decoded (or being
+            # decoded) by the time a thread picks it up.
+            if run is not None:
+                warm(run)
+            if held:
+                prev = held.pop()
+                pending.append(executor.submit(self.tiles, prev))
+            if run is not None:
+                held.append(run)
+
+        runs = _runs(keys)
+        exhausted = False
+
+        def fill() -> None:
+            nonlocal in_flight, exhausted
+            while not exhausted and (in_flight < prefetch or len(pending) + len(held) < 3):
+                run = next(runs, None)
+                if run is None:
+                    exhausted = True
+                    submit(None)
+                    return
+                submit(run)
+                in_flight += len(run)
+
         try:
-            for key in it:
-                submit(key)
-                if len(pending) >= prefetch:
-                    break
+            fill()
             while pending:
-                fut = pending.popleft()
-                nxt = next(it, None)
-                if nxt is not None:
-                    submit(nxt)
+                tiles = pending.popleft().result()
                 while warming and warming[0].done():
                     warming.popleft().result()  # surfaces decode errors
-                yield fut.result()
+                for tile in tiles:
+                    in_flight -= 1
+                    fill()
+                    yield tile
+                if not pending:
+                    fill()
         finally:
             for fut in (*pending, *warming):  # a consumer that stops early must not leave reads running
                 fut.cancel()
@@ -545,6 +605,18 @@ class DynamicImagePyramid:
             "block_cache_hits": self.block_cache.hits,
             "block_cache_bytes": self.block_cache.current_bytes,
         }
+
+
+def _runs(keys: Iterable[TileKey]) -> Iterator[list[TileKey]]:
+    """Consecutive keys of one level and tile row, at most ``_RUN_TILES`` at a time."""
+    run: list[TileKey] = []
+    for key in keys:
+        if run and (key.level != run[0].level or key.row != run[0].row or len(run) >= _RUN_TILES):
+            yield run
+            run = []
+        run.append(key)
+    if run:
+        yield run
 
 
 def _remote_refusal(info: RasterInfo, options: PyramidOptions) -> RemoteLayoutError | None:

@@ -2,6 +2,9 @@
 
 Native-resolution reads are assembled from whole, block-aligned "macro blocks" (a TIFF tile, or a band of
 strips for striped files) kept in a byte-bounded LRU, so neighbouring tiles never decode a block twice.
+Blocks that are one whole TIFF tile decode into buffers the LRU hands back when it evicts them (a fresh
+786 KB array per block costs ~200 first-touch page faults, a third of the decode); a read pins the blocks
+it copies from, so a buffer is reused only once nobody reads it.
 Scaled reads (coarse level, thumbnail) are GDAL average-decimated reads, which use overviews when present.
 """
 
@@ -9,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import threading
 from collections.abc import Hashable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +37,127 @@ from pyramid.tiff_direct import DirectTiles, open_direct
 _MIN_MACRO = 256
 
 
+class BlockBuffers:
+    """Reusable block-sized arrays: ``take`` one for a decode; the block cache's eviction returns it through
+    its ``Lease`` once no read has it pinned. Keeps at most ``keep`` idle buffers."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, keep: int = 16) -> None:
+        self.shape = shape
+        self.dtype = dtype
+        self.keep = keep
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self.reused = 0  # takes served by a recycled buffer (the tests' evidence that recycling happens)
+
+    def take(self) -> Lease:
+        """A buffer, pinned once for the caller that decodes into it."""
+        with self._lock:
+            if self._free:
+                self.reused += 1
+                return Lease(self, self._free.pop())
+        return Lease(self, np.empty(self.shape, self.dtype))
+
+
+class Lease:
+    """One pooled buffer's state: pins by reads copying from it, and whether the cache has let it go."""
+
+    __slots__ = ("buf", "evicted", "pins", "pool", "returned")
+
+    def __init__(self, pool: BlockBuffers, buf: np.ndarray) -> None:
+        self.pool = pool
+        self.buf = buf
+        self.pins = 1
+        self.evicted = False
+        self.returned = False
+
+    def pin(self) -> bool:
+        """Pin for a read; False if the buffer was handed back already (then load the block anew)."""
+        with self.pool._lock:
+            if self.returned:
+                return False
+            self.pins += 1
+            return True
+
+    def unpin(self) -> None:
+        with self.pool._lock:
+            self.pins -= 1
+            self._maybe_return()
+
+    def evict(self) -> None:
+        with self.pool._lock:
+            self.evicted = True
+            self._maybe_return()
+
+    def _maybe_return(self) -> None:  # under the pool's lock
+        if self.evicted and self.pins == 0 and not self.returned:
+            self.returned = True
+            if len(self.pool._free) < self.pool.keep:
+                self.pool._free.append(self.buf)
+
+
+def _unreferenced_count() -> int:
+    # sys.getrefcount of an array that only a list holds, read as ``TileBuffers.take`` reads it: 2 on CPython.
+    ring = [np.empty(0)]
+    return sys.getrefcount(ring[0])
+
+
+_UNREFERENCED = _unreferenced_count()
+
+
+class TileBuffers:
+    """Arrays of one tile shape for the stream's tiles, reused once nothing outside this ring refers to them.
+
+    A tile a caller keeps (its array, a view of it, a tensor made from it) holds a reference, so its buffer
+    is never handed out again while it lives; one the caller dropped is reused warm instead of a fresh
+    allocation (first-touch page faults cost ~10x the copy into it). The ring forgets its oldest buffer
+    when all ``size`` are held."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, size: int = 64) -> None:
+        self.shape = shape
+        self.dtype = dtype
+        self.size = size
+        self._ring: list[np.ndarray] = []
+        self._next = 0
+        self._lock = threading.Lock()
+        self.reused = 0
+
+    def take(self) -> np.ndarray:
+        with self._lock:
+            n = len(self._ring)
+            for i in range(n):
+                j = (self._next + i) % n
+                if sys.getrefcount(self._ring[j]) == _UNREFERENCED:
+                    self._next = j + 1
+                    self.reused += 1
+                    return self._ring[j]
+            buf = np.empty(self.shape, self.dtype)
+            if n < self.size:
+                self._ring.append(buf)
+            else:
+                self._ring[self._next % n] = buf
+                self._next += 1
+            return buf
+
+
 @dataclass(frozen=True)
 class Region:
-    """Pixels of one read: ``data`` (h, w, bands) in the source dtype, ``valid`` (h, w) bool or None."""
+    """Pixels of one read: ``data`` (h, w, bands) in the source dtype, ``valid`` (h, w) bool or None.
+
+    ``lease``: set on a cached block whose ``data`` is a pooled buffer; read it only while pinned."""
 
     data: np.ndarray
     valid: np.ndarray | None
+    lease: Lease | None = field(default=None, compare=False, repr=False)
 
     @property
     def nbytes(self) -> int:
         return self.data.nbytes + (self.valid.nbytes if self.valid is not None else 0)
+
+
+def release_evicted(region: Region) -> None:
+    """The block cache's ``on_evict``: a pooled block's buffer goes back once no read has it pinned."""
+    if region.lease is not None:
+        region.lease.evict()
 
 
 def gdal_options(remote: RemoteOptions | None) -> contextlib.AbstractContextManager[object]:
@@ -138,6 +253,14 @@ class RegionReader:
                 self.dtype,
                 src.count,
             )
+        self.buffers: BlockBuffers | None = None
+        if (
+            self.direct is not None
+            and (self.macro_rows, self.macro_cols) == (self.direct.tile_height, self.direct.tile_width)
+            and [i - 1 for i in indexes] == list(range(src.count))
+        ):  # a macro block is one TIFF tile with every band in order: decode straight into a pooled buffer
+            self.buffers = BlockBuffers(self.direct.tile_shape, self.dtype)
+        self.tile_buffers: TileBuffers | None = None  # made by the first pooled read_many
         self._inflight: dict[Hashable, Future[Region]] = {}
         self._lock = threading.Lock()
         self.blocks_decoded = 0
@@ -171,6 +294,14 @@ class RegionReader:
         w = min(self.macro_cols, self.width - x0)
         h = min(self.macro_rows, self.height - y0)
         window = Window(x0, y0, w, h)
+        if self.buffers is not None and (w, h) == (self.macro_cols, self.macro_rows):
+            lease = self.buffers.take()
+            try:
+                self.direct.decode_into(bi, bj, lease.buf)  # type: ignore[union-attr]
+            except Exception as exc:  # a codec error in a damaged tile
+                raise self._fail(f"block ({x0}, {y0}, {w}x{h})", exc) from None
+            self.blocks_decoded += 1
+            return Region(lease.buf, self._validity(lease.buf, None), lease)
         if self.direct is not None:
             try:
                 data = self.direct.read(x0, y0, w, h, [i - 1 for i in self.indexes])
@@ -190,15 +321,17 @@ class RegionReader:
         self.blocks_decoded += 1
         return Region(data, self._validity(data, gmask))
 
-    def _block(self, bi: int, bj: int) -> Region:
+    def _block(self, bi: int, bj: int) -> tuple[Region, bool]:
+        """The block, from the cache or decoded once however many threads ask; ``True`` when it comes pinned
+        for the caller (the thread that decoded it)."""
         key = (self.label, bi, bj)
         hit = self.cache.get(key)
         if hit is not None:
-            return hit
+            return hit, False
         with self._lock:
             hit = self.cache.get(key)  # a decode may have finished between the first look and the lock
             if hit is not None:
-                return hit
+                return hit, False
             fut = self._inflight.get(key)
             owner = fut is None
             if owner:
@@ -206,18 +339,33 @@ class RegionReader:
                 self._inflight[key] = fut
         assert fut is not None
         if not owner:  # another thread is decoding this block: wait instead of decoding it twice
-            return fut.result()
+            return fut.result(), False
         try:
             region = self._load_block(bi, bj)
             self.cache.put(key, region)
             fut.set_result(region)
-            return region
+            return region, True
         except BaseException as exc:
             fut.set_exception(exc)
             raise
         finally:
             with self._lock:
                 self._inflight.pop(key, None)
+
+    def _acquire(self, bi: int, bj: int) -> Region:
+        """The block, pinned if pooled: ``_release`` it once its pixels are copied or viewed no more."""
+        for _ in range(4):
+            region, pinned = self._block(bi, bj)
+            if pinned or region.lease is None or region.lease.pin():
+                return region
+            # Evicted and handed back between the lookup and the pin: the cache no longer has it.
+        region = self._load_block(bi, bj)  # a cache far too small for its readers: a private copy
+        return Region(region.data.copy(), region.valid) if region.lease is not None else region
+
+    @staticmethod
+    def _release(region: Region) -> None:
+        if region.lease is not None:
+            region.lease.unpin()
 
     def blocks_for(self, box: PixelBox) -> list[tuple[int, int]]:
         """The macro blocks a ``read(box)`` touches, row-major."""
@@ -230,20 +378,52 @@ class RegionReader:
             for bj in range(box.x0 // self.macro_cols, (box.x1 - 1) // self.macro_cols + 1)
         ]
 
-    def warm(self, bi: int, bj: int) -> None:
-        """Decode a block into the cache ahead of need (the stream's prefetch)."""
-        self._block(bi, bj)
+    def warm(self, blocks: list[tuple[int, int]]) -> None:
+        """Decode blocks into the cache ahead of need (the stream's prefetch)."""
+        for bi, bj in blocks:
+            region, pinned = self._block(bi, bj)
+            if pinned:
+                self._release(region)
 
     def read(self, box: PixelBox) -> Region:
-        """Pixels of ``box`` (clipped to the raster) at this raster's own resolution."""
-        box = box.clip(self.width, self.height)
-        data = np.empty((box.height, box.width, len(self.indexes)), self.dtype)
+        """Pixels of ``box`` (clipped to the raster) at this raster's own resolution, in a new array."""
+        return self.read_many([box])[0]
+
+    def read_many(self, boxes: list[PixelBox], tile_size: int | None = None) -> list[Region]:
+        """Pixels of each box (clipped), each block looked up and pinned once for the whole batch.
+
+        No result aliases the block cache, whose buffers are reused. ``tile_size``: boxes of exactly
+        that square size get their array from ``tile_buffers`` (reused once the caller drops it)."""
+        if tile_size is not None and self.tile_buffers is None:
+            with self._lock:
+                if self.tile_buffers is None:
+                    self.tile_buffers = TileBuffers((tile_size, tile_size, len(self.indexes)), self.dtype)
+        ring = self.tile_buffers if tile_size is not None else None
+        blocks: dict[tuple[int, int], Region] = {}
+        try:
+            out = []
+            for box in boxes:
+                box = box.clip(self.width, self.height)
+                for bij in self.blocks_for(box):
+                    if bij not in blocks:
+                        blocks[bij] = self._acquire(*bij)
+                pooled = ring is not None and (box.height, box.width) == ring.shape[:2]
+                out.append(self._assemble(box, blocks, ring.take() if pooled else None))  # type: ignore[union-attr]
+            return out
+        finally:
+            for region in blocks.values():
+                self._release(region)
+
+    def _assemble(
+        self, box: PixelBox, blocks: dict[tuple[int, int], Region], out: np.ndarray | None = None
+    ) -> Region:
+        data = np.empty((box.height, box.width, len(self.indexes)), self.dtype) if out is None else out
         valid: np.ndarray | None = None
         if box.area == 0:
             return Region(data, None)
         for bi in range(box.y0 // self.macro_rows, (box.y1 - 1) // self.macro_rows + 1):
             for bj in range(box.x0 // self.macro_cols, (box.x1 - 1) // self.macro_cols + 1):
-                block = self._block(bi, bj)
+                block = blocks[bi, bj]
                 bx0, by0 = bj * self.macro_cols, bi * self.macro_rows
                 xs, xe = max(box.x0, bx0), min(box.x1, bx0 + block.data.shape[1])
                 ys, ye = max(box.y0, by0), min(box.y1, by0 + block.data.shape[0])
