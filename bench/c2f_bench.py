@@ -10,6 +10,8 @@ subprocess so the peak RSS (VmHWM) is that run's own:
 * ``c2f/rfm``           — the loop with a Region Focus Module of N=4 (5 layers) initialised from the host
                           LLM's layers, as the paper does (``rfm.module.RegionFocusModule.from_host``);
 * ``c2f-paper/...``     — ``C2FOptions(mode="paper")``: the released one-hop loop, with either scorer;
+* ``c2f-thumb/...``     — ``C2FOptions(thumbnail_first=True)``: the default loop starting from the thumbnail's
+                          scores (it skips the coarse level when they are concentrated);
 * ``c2f/planted``       — a PLANTED relevance map: the attention scorer's pass is run (its time and FLOPs
                           count) and its scores are replaced by a map concentrated on one ship of the scene,
                           as a trained model's concentrated scores would be. It shows what a descent to the
@@ -85,9 +87,10 @@ CONFIGS = (
     "c2f-paper/attention",
     "c2f-paper/rfm",
     "c2f/planted",
+    "c2f-thumb/planted",
     "c2f-paper/planted",
 )
-QUICK_CONFIGS = ("anyres", "c2f/attention", "c2f/planted")
+QUICK_CONFIGS = ("anyres", "c2f/attention", "c2f/planted", "c2f-thumb/planted")
 
 
 def _log(msg: str) -> None:
@@ -171,11 +174,12 @@ def planted_ship(size: int, scene: str) -> dict[str, Any]:
 # One configuration, in a fresh process
 # ---------------------------------------------------------------------------------------------------
 def parse_config(name: str) -> tuple[str, str, str]:
-    """``anyres`` | ``c2f[-paper]/<scorer>`` → (strategy, mode, scorer)."""
+    """``anyres`` | ``c2f[-paper|-thumb]/<scorer>`` → (strategy, mode, scorer); ``c2f-thumb`` is the default
+    mode with ``thumbnail_first``."""
     if name == "anyres":
         return "anyres", "", ""
     head, _, scorer = name.partition("/")
-    mode = "paper" if head == "c2f-paper" else "default"
+    mode = {"c2f-paper": "paper", "c2f-thumb": "thumb"}.get(head, "default")
     return "c2f", mode, scorer
 
 
@@ -227,7 +231,8 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
 
         setattr(adapter, meth, timed)
     c2f = C2FOptions(
-        mode=mode or "default",
+        mode="default" if mode in ("", "thumb") else mode,
+        thumbnail_first=mode == "thumb",
         max_tiles_per_level=cfg["max_tiles_per_level"],
         budget_tokens=cfg["budget_tokens"],
         keep_ratio=cfg["keep_ratio"],

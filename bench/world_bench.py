@@ -11,6 +11,8 @@ trained on) is asked with each configuration, one question at a time through ``a
 * ``c2f/rfm[-NAME]``  — the loop with a Region Focus Module trained by ``lrs-vqa train-rfm``
                         (``--rfm [NAME=]DIR``, repeatable: one configuration per RFM), or an untrained one
                         copied from the host's layers (``--rfm NAME=init:L``, layer list L ``+``-separated);
+* ``c2f-thumb/…``     — any c2f configuration with ``thumbnail_first`` (``C2FOptions``): the loop starts
+                        from the thumbnail's scores and skips the coarse level when they are concentrated;
 * ``oracle``          — the thumbnail plus the native tile(s) under the target's ground-truth box(es)
                         (strategy ``region``); questions without a target (absent objects, rural/urban) get
                         the thumbnail alone.
@@ -32,6 +34,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,9 @@ RFM_DIRS: dict[str, str] = {}  # --rfm [NAME=]DIR: config c2f/rfm or c2f/rfm-NAM
 
 
 def options_for(config: str, row: dict[str, Any]) -> AskOptions:
+    if config.startswith("c2f-thumb/"):  # the same loop, starting from the thumbnail's scores
+        opts = options_for("c2f/" + config.split("/", 1)[1], row)
+        return replace(opts, c2f=replace(opts.c2f, thumbnail_first=True))
     if config == "global":
         return AskOptions(strategy="global", max_new_tokens=4)
     if config == "anyres":

@@ -9,6 +9,11 @@ code takes exactly one hop with a fixed 25 % keep ratio; see the reference card 
    newline column forces the right-most tile column in; ours does not).
 2. **Candidate tiles.** Each focus token spreads its score over the next level's tiles its level-0 box
    overlaps, by overlap area: exact content extents, no padding misalignment.
+0. **Thumbnail first** (``thumbnail_first``). The thumbnail alone is scored; its focus tokens vote on the
+   tiles of every level, and the loop starts at the deepest level where they land on at most ``jump_tiles``
+   tiles that pass the zoom test of step 3, reading only those tiles. When no level passes (a spread map),
+   it falls back to the whole coarse level. A concentrated question then costs one cheap thumbnail pass
+   instead of encoding and scoring the coarse grid, and skips the levels the thumbnail already resolves.
 3. **Zoom or stop.** If every candidate fits in ``max_tiles_per_level``, they are all read (the zoom is
    bounded anyway). Otherwise the best ``max_tiles_per_level`` are read only if the map is concentrated:
    they hold at least ``min_focus_share`` of the view's whole score mass, and their *gain* — how much of the
@@ -156,6 +161,43 @@ def shift_tiles(segment: VisionSegment, offset: int) -> VisionSegment:
 class Loop(Protocol):
     """What a c2f mode builds (``lrs_vqa.c2f_modes``): one question over one pyramid → a ``C2FResult``."""
 
+    def _thumbnail_jump(
+        self, dip: DynamicImagePyramid, scores: TokenScores, thumb: Tile
+    ) -> tuple[int, list[TileKey], LevelStep]:
+        """Where the thumbnail's scores send the loop: (level, its tiles to read, the step recorded), or
+        level -1 and no tiles when the map is too spread to jump (read the coarse level whole)."""
+        opt = self.options
+        focus = focus_rows(scores.scores, scores.meta.newline, opt.focus_mass)
+        base = {
+            "level": -1,
+            "level_name": "thumbnail",
+            "grid": (1, 1),
+            "tiles": (thumb.key,),
+            "tile_scores": (float(scores.scores.sum()),),
+            "tokens_encoded": len(scores.scores),
+            "focus_tokens": int(focus.numel()),
+        }
+        for index in range(len(dip.levels) - 1, -1, -1):  # deepest first: skip what the thumbnail resolves
+            votes = tile_votes(dip, index, scores.meta.boxes[focus], scores.scores[focus])
+            if not votes or len(votes) > opt.jump_tiles:
+                continue
+            chosen = sorted(votes, key=lambda k: (k.row, k.col))  # raster order for the LLM
+            share, lift, gain = self._concentration(dip, index, scores, chosen)
+            if share >= opt.min_focus_share and gain >= opt.min_gain:
+                lvl = dip.level(index)
+                step = LevelStep(
+                    **base,
+                    decision=f"jump to {lvl.name}",
+                    next_tiles=tuple(chosen),
+                    next_scores=tuple(votes[k] for k in chosen),
+                    focus_share=share,
+                    lift=lift,
+                    gain=gain,
+                    next_boxes=tuple(lvl.tile_box(k.row, k.col) for k in chosen),
+                )
+                return index, chosen, step
+        return -1, [], LevelStep(**base, decision="spread: coarse level")
+
     def run(self, dip: DynamicImagePyramid, question: str) -> C2FResult: ...
 
 
@@ -251,6 +293,43 @@ class CoarseToFine:
         gain = (share - area_share) / (1 - area_share) if area_share < 1 else 0.0
         return share, share / max(area_share, 1e-12), gain
 
+    def _thumbnail_jump(
+        self, dip: DynamicImagePyramid, scores: TokenScores, thumb: Tile
+    ) -> tuple[int, list[TileKey], LevelStep]:
+        """Where the thumbnail's scores send the loop: (level, its tiles to read, the step recorded), or
+        level -1 and no tiles when the map is too spread to jump (read the coarse level whole)."""
+        opt = self.options
+        focus = focus_rows(scores.scores, scores.meta.newline, opt.focus_mass)
+        base = {
+            "level": -1,
+            "level_name": "thumbnail",
+            "grid": (1, 1),
+            "tiles": (thumb.key,),
+            "tile_scores": (float(scores.scores.sum()),),
+            "tokens_encoded": len(scores.scores),
+            "focus_tokens": int(focus.numel()),
+        }
+        for index in range(len(dip.levels) - 1, -1, -1):  # deepest first: skip what the thumbnail resolves
+            votes = tile_votes(dip, index, scores.meta.boxes[focus], scores.scores[focus])
+            if not votes or len(votes) > opt.jump_tiles:
+                continue
+            chosen = sorted(votes, key=lambda k: (k.row, k.col))  # raster order for the LLM
+            share, lift, gain = self._concentration(dip, index, scores, chosen)
+            if share >= opt.min_focus_share and gain >= opt.min_gain:
+                lvl = dip.level(index)
+                step = LevelStep(
+                    **base,
+                    decision=f"jump to {lvl.name}",
+                    next_tiles=tuple(chosen),
+                    next_scores=tuple(votes[k] for k in chosen),
+                    focus_share=share,
+                    lift=lift,
+                    gain=gain,
+                    next_boxes=tuple(lvl.tile_box(k.row, k.col) for k in chosen),
+                )
+                return index, chosen, step
+        return -1, [], LevelStep(**base, decision="spread: coarse level")
+
     def run(self, dip: DynamicImagePyramid, question: str) -> C2FResult:
         opt = self.options
         thumb = dip.thumbnail()
@@ -266,6 +345,13 @@ class CoarseToFine:
 
         index = 0
         keys = dip.all_tiles(0)
+        if opt.thumbnail_first and len(dip.levels) > 1:
+            thumb_scores = self.scorer.score(self.adapter, question, [seg_thumb], 0)
+            scoring += thumb_scores.tflops
+            jump, chosen, step = self._thumbnail_jump(dip, thumb_scores, thumb)
+            steps.append(step)
+            if jump >= 0:
+                index, keys, coarse_scores = jump, chosen, thumb_scores  # heatmap: the thumbnail map
         while True:
             level = dip.levels[index]
             level_tiles = list(dip.stream(keys))
@@ -274,7 +360,7 @@ class CoarseToFine:
             encoded += segment.tokens_encoded
             images += segment.images_encoded
             scoring += scores.tflops
-            if index == 0:
+            if index == 0 and coarse_scores is None:
                 coarse_scores = scores
             offset = len(tiles)
             tiles += level_tiles

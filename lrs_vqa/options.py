@@ -30,6 +30,11 @@ class C2FOptions:
     min_gain: float = 0.4
     budget_tokens: int = 4096  # vision tokens into the LLM, thumbnail and newline markers included
     keep_coarse: bool = False  # also keep the coarse level's focus tokens as context
+    # Score the thumbnail first: if its focus lands on at most ``jump_tiles`` tiles of some level and passes
+    # the concentration test there, start at the deepest such level with those tiles (the coarse level is
+    # never encoded whole); otherwise read the coarse level as usual.
+    thumbnail_first: bool = False
+    jump_tiles: int = 4
 
     def __post_init__(self) -> None:
         if self.mode not in mode_names():
@@ -44,6 +49,8 @@ class C2FOptions:
             raise C2FError("min focus share and min gain must be in [0, 1]")
         if self.budget_tokens < 1:
             raise C2FError(f"token budget must be at least 1, got {self.budget_tokens}")
+        if self.jump_tiles < 1:
+            raise C2FError(f"jump tiles must be at least 1, got {self.jump_tiles}")
 
 
 @dataclass(frozen=True)

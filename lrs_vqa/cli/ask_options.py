@@ -44,7 +44,13 @@ def _parameters() -> list[inspect.Parameter]:
     return [
         _option("model", str, "", f"Hub id or local checkpoint folder (default {DEFAULT_MODEL})."),
         _option("device", str, "cpu", "cpu | cuda | cuda:N"),
-        _option("dtype", str, "float32", "float32 | bfloat16 | float16"),
+        _option(
+            "dtype",
+            str,
+            "auto",  # a literal: importing lrs_vqa.models.dtypes here would import torch for --help
+            "auto (bf16 on a CUDA GPU of capability ≥ 8.0 or a CPU with AMX / AVX-512 BF16, else fp32) | "
+            "float32 | bfloat16 | float16",
+        ),
         _option("strategy", str, _ASK.strategy, describe_strategies()),
         _option("scorer", str, _ASK.scorer, f"c2f: {describe_scorers()}."),
         _option(
@@ -61,6 +67,13 @@ def _parameters() -> list[inspect.Parameter]:
         ),
         _option("budget_tokens", int, _C2F.budget_tokens, "c2f: vision tokens into the LLM, at most."),
         _option("keep_coarse", bool, _C2F.keep_coarse, "c2f: keep coarse focus tokens as context."),
+        _option(
+            "thumbnail_first",
+            bool,
+            _C2F.thumbnail_first,
+            "c2f: score the thumbnail first; start deeper when it is concentrated (else coarse).",
+        ),
+        _option("jump_tiles", int, _C2F.jump_tiles, "c2f --thumbnail-first: tiles a jump may start with."),
         _option("level", int | None, _ASK.level, "tiles-all: pyramid level (0 = coarse, -1 = native)."),
         _option(
             "max_tiles",
@@ -117,7 +130,15 @@ def _parse_box(text: str) -> tuple[int, int, int, int]:
 def _run(values: dict[str, Any]) -> AskRun:
     c2f = {
         k: values.pop(k)
-        for k in ("mode", "keep_ratio", "max_tiles_per_level", "budget_tokens", "keep_coarse")
+        for k in (
+            "mode",
+            "keep_ratio",
+            "max_tiles_per_level",
+            "budget_tokens",
+            "keep_coarse",
+            "thumbnail_first",
+            "jump_tiles",
+        )
     }
     model, device, dtype = values.pop("model"), values.pop("device"), values.pop("dtype")
     values["region"] = tuple(_parse_box(b) for b in values.pop("box") or ())

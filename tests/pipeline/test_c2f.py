@@ -173,6 +173,47 @@ def test_uniform_scores_do_not_zoom_into_an_arbitrary_subset(
     assert tiles_read == 1 + len(step.tiles)
 
 
+def test_thumbnail_first_jumps_past_the_coarse_level_to_the_same_native_tiles(
+    tmp_path: Path, tiny_paths: dict[str, str]
+) -> None:
+    """A concentrated thumbnail map: the loop starts below the coarse level (never encoded whole), reads at
+    most ``jump_tiles`` tiles there, and ends on the native tiles the coarse-first descent reaches, having
+    encoded fewer tokens."""
+    path = plain_raster(tmp_path / "big.tif", 12000, 9000)
+    adapter = get_adapter(tiny_paths["llava_onevision"])
+    region = PixelBox(7000, 5000, 7060, 5040)
+    first, read_first, levels = run_planted(adapter, path, region)
+    jumped, read_jumped, _ = run_planted(adapter, path, region, thumbnail_first=True)
+    thumb, start = jumped.steps[0], jumped.steps[1]
+    assert thumb.level == -1 and thumb.decision.startswith("jump to ")
+    assert start.level > 0 and 1 <= len(start.tiles) <= 4  # below coarse, at most jump_tiles
+    assert thumb.decision == f"jump to {levels[start.level].name}"
+    assert set(thumb.next_tiles) == set(start.tiles)
+    assert 0 not in {s.level for s in jumped.steps}  # the coarse level was not read
+    assert jumped.steps[-1].decision == "stop: native"
+    assert set(jumped.steps[-1].tiles) == set(first.steps[-1].tiles)  # the same native tiles reached
+    assert jumped.tokens_encoded < first.tokens_encoded and read_jumped < read_first
+    assert read_jumped == 1 + sum(len(s.tiles) for s in jumped.steps[1:])  # nothing read but the steps'
+    # the LLM reads the same native tokens as in the coarse-first run
+    a, b = jumped.segments[-1].meta.boxes, first.segments[-1].meta.boxes
+    assert torch.equal(a.nan_to_num(-1), b.nan_to_num(-1))  # newline markers carry NaN boxes
+
+
+def test_thumbnail_first_falls_back_to_the_coarse_level_when_spread(
+    tmp_path: Path, tiny_paths: dict[str, str]
+) -> None:
+    """A flat thumbnail map passes no jump: the coarse level is read whole, as without the option."""
+    path = plain_raster(tmp_path / "mid.tif", 4000, 3000)
+    adapter = get_adapter(tiny_paths["llava_onevision"])
+    whole = PixelBox(0, 0, 4000, 3000)
+    plain, _, levels = run_planted(adapter, path, whole)
+    result, tiles_read, _ = run_planted(adapter, path, whole, thumbnail_first=True)
+    assert result.steps[0].level == -1 and result.steps[0].decision == "spread: coarse level"
+    assert [s.describe() for s in result.steps[1:]] == [s.describe() for s in plain.steps]
+    assert len(result.steps[1].tiles) == levels[0].num_tiles
+    assert tiles_read == 1 + levels[0].num_tiles
+
+
 def test_budget_and_keep_ratio_bound_the_llm_tokens(tmp_path: Path, tiny_paths: dict[str, str]) -> None:
     path = plain_raster(tmp_path / "mid.tif", 4000, 3000)
     adapter = get_adapter(tiny_paths["llava_onevision"])
@@ -197,7 +238,14 @@ def test_focus_rows_mass_ties_and_cap() -> None:
 
 def test_bad_options() -> None:
     assert C2FOptions(mode="paper").mode == "paper"
-    for kwargs in ({"mode": "nope"}, {"keep_ratio": 0}, {"focus_mass": 1.5}, {"max_tiles_per_level": 0}):
+    bad = (
+        {"mode": "nope"},
+        {"keep_ratio": 0},
+        {"focus_mass": 1.5},
+        {"max_tiles_per_level": 0},
+        {"jump_tiles": 0},
+    )
+    for kwargs in bad:
         with pytest.raises(C2FError):
             C2FOptions(**kwargs)  # type: ignore[arg-type]
 
