@@ -38,7 +38,7 @@ class ServeConfig:
     port: int = 7860
     models: tuple[str, ...] = (DEFAULT_MODEL,)
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "auto"  # lrs_vqa.models.dtypes.resolve_dtype: bf16 where the hardware runs it natively
     allow_dir: Path | None = None  # server-side paths under this folder may be asked about
     # Remote COG URLs / STAC items in the server-path field: off by default, since the server would fetch
     # whatever URL a visitor types (from its own network and with its own credentials).

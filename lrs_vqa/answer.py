@@ -23,6 +23,7 @@ from lrs_vqa.engine.flops import flops_report
 from lrs_vqa.engine.hooks import VisionHook
 from lrs_vqa.heatmap import render_heatmap, write_heatmap
 from lrs_vqa.models.base import ModelAdapter, pyramid_spec_for
+from lrs_vqa.models.dtypes import AUTO, dtype_name, resolve_dtype
 from lrs_vqa.options import DEFAULT_MODEL, AskOptions
 from lrs_vqa.records import AnswerRecord, RunStats, TileRecord
 from lrs_vqa.strategies import Gathered, StrategyError, StrategyRequest, get_strategy, strategy_names
@@ -37,9 +38,14 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MODEL", "AskOptions", "StrategyError", "answer", "get_adapter", "pyramid_spec_for"]
 
 
+def get_adapter(source: str, device: str = "cpu", dtype: str = AUTO) -> ModelAdapter:
+    """Load once per process (the app and batch runs ask many questions of one model); ``auto`` is resolved
+    first, so it and the dtype it stands for share one loaded model."""
+    return _load_adapter(source, device, resolve_dtype(dtype, device))
+
+
 @functools.lru_cache(maxsize=2)
-def get_adapter(source: str, device: str = "cpu", dtype: str = "float32") -> ModelAdapter:
-    """Load once per process (the app and batch runs ask many questions of one model)."""
+def _load_adapter(source: str, device: str, dtype: str) -> ModelAdapter:
     from lrs_vqa.models.registry import load_adapter
 
     return load_adapter(source, device=device, dtype=dtype)
@@ -87,7 +93,7 @@ def answer(
     *,
     model: str | ModelAdapter = DEFAULT_MODEL,
     device: str = "cpu",
-    dtype: str = "float32",
+    dtype: str = AUTO,
     options: AskOptions | None = None,
     llm_hooks: Sequence[LayerHook] = (),
     vision_hooks: Sequence[VisionHook] = (),
@@ -97,7 +103,9 @@ def answer(
     """Answer ``question`` about ``image`` and report what was read and what it cost.
 
     ``heatmap``: with ``c2f``, also write the coarse-level token scores over the image as a PNG.
-    ``pyramids``: borrow the image's pyramid from this pool (kept open for the next question about it)."""
+    ``pyramids``: borrow the image's pyramid from this pool (kept open for the next question about it).
+    ``dtype``: for a ``model`` given by name (``auto``: :func:`~lrs_vqa.models.dtypes.resolve_dtype`); the
+    record names the dtype the model's weights hold, whichever way it came."""
     options = options or AskOptions()
     strategy = get_strategy(options.strategy)
     if heatmap is not None and not strategy.coarse_to_fine:
@@ -127,7 +135,7 @@ def answer(
             opened,
             question,
             options,
-            (device, dtype),
+            device,
             llm_hooks,
             vision_hooks,
             pruner_hooks,
@@ -151,7 +159,7 @@ def _answer_with(
     opened: contextlib.AbstractContextManager[DynamicImagePyramid],
     question: str,
     options: AskOptions,
-    where: tuple[str, str],
+    device: str,
     llm_hooks: Sequence[LayerHook],
     vision_hooks: Sequence[VisionHook],
     pruner_hooks: Sequence[VisionHook] | None,
@@ -159,7 +167,6 @@ def _answer_with(
     heatmap: str | Path | None,
     t_start: float,
 ) -> AnswerRecord:
-    device, dtype = where  # as the caller gave them (for the record)
     with opened as dip:
         t0 = time.perf_counter()
         gathered = _gather(
@@ -258,7 +265,9 @@ def _answer_with(
             **({"region": [list(b) for b in options.region]} if options.strategy == "region" else {}),
             "max_new_tokens": options.max_new_tokens,
             "device": device,
-            "dtype": dtype,
+            # What the weights hold, not what was asked: resolved (never "auto"), and true for a model passed
+            # in already loaded whatever ``dtype`` said.
+            "dtype": dtype_name(adapter.dtype),
             **(
                 {
                     "scorer": "rfm" if options.rfm else resolve_scorer_name(options.scorer, adapter),

@@ -30,6 +30,7 @@ from lrs_vqa.eval_errors import InputFileError, MalformedRowsError
 from lrs_vqa.evaluate import evidence_list, library_versions, model_id_of, progress_bar, stats_dict
 from lrs_vqa.evidence import evidence_geojson
 from lrs_vqa.image_groups import group_by_image
+from lrs_vqa.models.dtypes import resolve_dtype
 from lrs_vqa.rows import BadRow, Row, read_rows, text_field
 from lrs_vqa.work_units import Done, RowSink, answer_group
 from pyramid.errors import RasterInputError
@@ -58,7 +59,7 @@ class BatchConfig:
     images: Path | None = None  # folder mode
     image_root: Path | None = None  # list mode; default: the questions file's folder
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "auto"  # lrs_vqa.models.dtypes.resolve_dtype
     options: AskOptions = field(default_factory=AskOptions)
     resume: bool = False
     skip_bad_rows: bool = False
@@ -201,7 +202,10 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
         "image_root": str((cfg.image_root or cfg.questions.parent).resolve()),
         "model": model_id_of(cfg.model),
         "device": cfg.device,
-        "dtype": cfg.dtype,
+        # Resolved here, where the run starts: the resume identity and Ray workers get a concrete dtype, so a
+        # resumed or distributed run never mixes bf16 and fp32 answers (a CUDA device this process cannot see
+        # resolves to fp32: pass --dtype bfloat16 for a GPU cluster driven from a CPU-only machine).
+        "dtype": resolve_dtype(cfg.dtype, cfg.device),
         "options": asdict(cfg.options),
         "versions": library_versions(),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -219,7 +223,7 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
         todo = [it for it in items if it.item_id not in log.done]
         if cfg.ray is not None:  # a worker may run in another folder: give it absolute paths
             todo = [_absolute(it) for it in todo]
-        job = BatchJob(settings["model"], cfg.device, cfg.dtype, cfg.options)
+        job = BatchJob(settings["model"], cfg.device, settings["dtype"], cfg.options)
         groups = group_by_image(todo, key=lambda it: it.image)  # the work units, one per image
         bar, task = progress_bar(cfg.progress, len(items), before, "batch")
         sink = RowSink(log, out, bar, task)
@@ -229,7 +233,7 @@ def run_batch(cfg: BatchConfig) -> BatchSummary:
                 ray_stats = run_units(job, groups, sink, cfg.ray)
             wall = ray_stats.answer_seconds
         else:
-            adapter = get_adapter(job.model, cfg.device, cfg.dtype) if todo else None
+            adapter = get_adapter(job.model, cfg.device, job.dtype) if todo else None
             sink.restart_clock()
             t0 = time.perf_counter()
             with bar:

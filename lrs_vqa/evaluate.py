@@ -34,6 +34,7 @@ from lrs_vqa.benchmarks import get_benchmark, score_file
 from lrs_vqa.distributed import RayOptions, require_ray, run_units
 from lrs_vqa.eval_errors import InputFileError, MalformedRowsError, MergeError, ResumeError
 from lrs_vqa.image_groups import group_by_image
+from lrs_vqa.models.dtypes import resolve_dtype
 from lrs_vqa.questions import Question, QuestionFile, load_questions, resolve_image, select
 from lrs_vqa.records import AnswerRecord
 from lrs_vqa.rows import BadRow, read_rows
@@ -55,7 +56,7 @@ class EvalConfig:
     output_dir: Path
     model: str
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "auto"  # lrs_vqa.models.dtypes.resolve_dtype
     options: AskOptions = field(default_factory=AskOptions)
     num_chunks: int = 1
     chunk_idx: int = 0
@@ -214,7 +215,10 @@ def _settings(cfg: EvalConfig, qf: QuestionFile) -> dict[str, Any]:
         "image_root": str(cfg.image_root.resolve()),
         "model": model_id_of(cfg.model),
         "device": cfg.device,
-        "dtype": cfg.dtype,
+        # Resolved here, where the run starts: the resume identity and Ray workers get a concrete dtype, so a
+        # resumed or distributed run never mixes bf16 and fp32 answers (a CUDA device this process cannot see
+        # resolves to fp32: pass --dtype bfloat16 for a GPU cluster driven from a CPU-only machine).
+        "dtype": resolve_dtype(cfg.dtype, cfg.device),
         "options": asdict(cfg.options),
         "num_chunks": cfg.num_chunks,
         "chunk_idx": cfg.chunk_idx,
@@ -319,7 +323,7 @@ def run_eval(
         todo = [q for q in mine if q.qid not in log.done]
         # Absolute paths: a Ray worker may run in another folder (the rows name images as written).
         root = cfg.image_root.absolute()
-        job = EvalJob(root, qf.benchmark, settings["model"], cfg.device, cfg.dtype, cfg.options)
+        job = EvalJob(root, qf.benchmark, settings["model"], cfg.device, settings["dtype"], cfg.options)
         groups = group_by_image(todo, key=lambda q: q.image)  # the work units, one per image
         bar, task = progress_bar(
             cfg.progress, len(mine), before, f"{qf.benchmark} {Path(settings['model']).name}"
@@ -332,7 +336,7 @@ def run_eval(
             load_seconds, wall = ray_stats.model_load_seconds, ray_stats.answer_seconds
         else:
             t_load = time.perf_counter()
-            adapter = get_adapter(job.model, cfg.device, cfg.dtype) if todo else None
+            adapter = get_adapter(job.model, cfg.device, job.dtype) if todo else None
             load_seconds = time.perf_counter() - t_load
             sink.restart_clock()
             t0 = time.perf_counter()  # answering only: model loading is reported apart

@@ -11,6 +11,9 @@ import pytest
 # No test may reach the model hub: set before any test module imports transformers / huggingface_hub, which
 # read it once at import (test modules are collected in path order, so none of them can be relied on).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `--dtype auto` (the default) reads the CPU's flags: pin them empty so it resolves to fp32 on every host, in
+# subprocesses too, and a test's numbers do not depend on whether the machine has AVX-512 BF16 / AMX.
+os.environ.setdefault("LRS_VQA_CPU_FLAGS", "")
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ def serve(
         list[str] | None, typer.Option(help="Hub id or local checkpoint folder; repeat to offer several.")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = _SERVE.device,
-    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = _SERVE.dtype,
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = _SERVE.dtype,
     allow_dir: Annotated[
         Path | None, typer.Option(help="Also accept server-side paths of files under this folder.")
     ] = None,

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from lrs_vqa.models.base import ModelAdapter
-from lrs_vqa.models.dtypes import torch_dtype
+from lrs_vqa.models.dtypes import resolve_dtype, torch_dtype
 from lrs_vqa.models.errors import ModelLoadError, UnsupportedModelError
 from lrs_vqa.models.largeimg import LargeImgAdapter
 from lrs_vqa.models.llava import LlavaAdapter
@@ -74,12 +74,17 @@ def _model_type(source: str) -> str:
 
 
 def load_adapter(source: str, *, device: str = "cpu", dtype: str = "float32") -> ModelAdapter:
-    """Load a checkpoint (hub id or local folder) with stock ``transformers`` and wrap it in its adapter."""
+    """Load a checkpoint (hub id or local folder) with stock ``transformers`` and wrap it in its adapter.
+
+    ``dtype`` may be ``auto`` (:func:`~lrs_vqa.models.dtypes.resolve_dtype`). The default stays float32 in
+    this, the library's loader: benchmarks and tests that name no dtype keep the numbers their results were
+    recorded with; the user-facing entry points (``get_adapter``, ``answer()``, the CLI, the app) default to
+    ``auto``."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from lrs_vqa.engine.taps import TAP_ATTENTION
 
-    resolved = torch_dtype(dtype)
+    resolved = torch_dtype(resolve_dtype(dtype, device))
     source = resolve_model(source)
     for layout_cls in LAYOUT_ADAPTERS:
         if layout_cls.claims(source):

@@ -204,7 +204,7 @@ def test_cli_defaults_are_the_options_dataclasses():
     assert run.options == AskOptions() and (run.model, run.device, run.dtype) == (
         DEFAULT_MODEL,
         "cpu",
-        "float32",
+        "auto",  # answer()'s default too: lrs_vqa.models.dtypes.resolve_dtype
     )
 
 
