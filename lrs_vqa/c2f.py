@@ -10,8 +10,9 @@ code takes exactly one hop with a fixed 25 % keep ratio; see the reference card 
 2. **Candidate tiles.** Each focus token spreads its score over the next level's tiles its level-0 box
    overlaps, by overlap area: exact content extents, no padding misalignment.
 0. **Thumbnail first** (``thumbnail_first``). The thumbnail alone is scored; its focus tokens vote on the
-   tiles of every level, and the loop starts at the deepest level where they land on at most ``jump_tiles``
-   tiles that pass the zoom test of step 3, reading only those tiles. When no level passes (a spread map),
+   tiles of every level. Among the levels where they land on at most ``jump_tiles`` tiles that pass the zoom
+   test of step 3, the loop starts at the one needing the fewest reads to reach native (its tiles plus one
+   per level below; the deeper on a tie), reading only those tiles. When no level passes (a spread map),
    it falls back to the whole coarse level. A concentrated question then costs one cheap thumbnail pass
    instead of encoding and scoring the coarse grid, and skips the levels the thumbnail already resolves.
 3. **Zoom or stop.** If every candidate fits in ``max_tiles_per_level``, they are all read (the zoom is
@@ -177,26 +178,36 @@ class Loop(Protocol):
             "tokens_encoded": len(scores.scores),
             "focus_tokens": int(focus.numel()),
         }
-        for index in range(len(dip.levels) - 1, -1, -1):  # deepest first: skip what the thumbnail resolves
+        native = len(dip.levels) - 1
+        best: tuple[int, int, list[TileKey], dict[TileKey, float], tuple[float, float, float]] | None = None
+        for index in range(native, -1, -1):  # deepest first, so a tie goes to the deeper level
             votes = tile_votes(dip, index, scores.meta.boxes[focus], scores.scores[focus])
             if not votes or len(votes) > opt.jump_tiles:
                 continue
             chosen = sorted(votes, key=lambda k: (k.row, k.col))  # raster order for the LLM
             share, lift, gain = self._concentration(dip, index, scores, chosen)
-            if share >= opt.min_focus_share and gain >= opt.min_gain:
-                lvl = dip.level(index)
-                step = LevelStep(
-                    **base,
-                    decision=f"jump to {lvl.name}",
-                    next_tiles=tuple(chosen),
-                    next_scores=tuple(votes[k] for k in chosen),
-                    focus_share=share,
-                    lift=lift,
-                    gain=gain,
-                    next_boxes=tuple(lvl.tile_box(k.row, k.col) for k in chosen),
-                )
-                return index, chosen, step
-        return -1, [], LevelStep(**base, decision="spread: coarse level")
+            if share < opt.min_focus_share or gain < opt.min_gain:
+                continue
+            # Reads to reach native from here: these tiles, then at least one per level below. A deep level
+            # where the focus straddles 4 tiles can cost more than a shallower one where it sits in one.
+            cost = len(chosen) + native - index
+            if best is None or cost < best[0]:
+                best = (cost, index, chosen, votes, (share, lift, gain))
+        if best is None:
+            return -1, [], LevelStep(**base, decision="spread: coarse level")
+        _, index, chosen, votes, (share, lift, gain) = best
+        lvl = dip.level(index)
+        step = LevelStep(
+            **base,
+            decision=f"jump to {lvl.name}",
+            next_tiles=tuple(chosen),
+            next_scores=tuple(votes[k] for k in chosen),
+            focus_share=share,
+            lift=lift,
+            gain=gain,
+            next_boxes=tuple(lvl.tile_box(k.row, k.col) for k in chosen),
+        )
+        return index, chosen, step
 
     def run(self, dip: DynamicImagePyramid, question: str) -> C2FResult: ...
 
@@ -309,26 +320,36 @@ class CoarseToFine:
             "tokens_encoded": len(scores.scores),
             "focus_tokens": int(focus.numel()),
         }
-        for index in range(len(dip.levels) - 1, -1, -1):  # deepest first: skip what the thumbnail resolves
+        native = len(dip.levels) - 1
+        best: tuple[int, int, list[TileKey], dict[TileKey, float], tuple[float, float, float]] | None = None
+        for index in range(native, -1, -1):  # deepest first, so a tie goes to the deeper level
             votes = tile_votes(dip, index, scores.meta.boxes[focus], scores.scores[focus])
             if not votes or len(votes) > opt.jump_tiles:
                 continue
             chosen = sorted(votes, key=lambda k: (k.row, k.col))  # raster order for the LLM
             share, lift, gain = self._concentration(dip, index, scores, chosen)
-            if share >= opt.min_focus_share and gain >= opt.min_gain:
-                lvl = dip.level(index)
-                step = LevelStep(
-                    **base,
-                    decision=f"jump to {lvl.name}",
-                    next_tiles=tuple(chosen),
-                    next_scores=tuple(votes[k] for k in chosen),
-                    focus_share=share,
-                    lift=lift,
-                    gain=gain,
-                    next_boxes=tuple(lvl.tile_box(k.row, k.col) for k in chosen),
-                )
-                return index, chosen, step
-        return -1, [], LevelStep(**base, decision="spread: coarse level")
+            if share < opt.min_focus_share or gain < opt.min_gain:
+                continue
+            # Reads to reach native from here: these tiles, then at least one per level below. A deep level
+            # where the focus straddles 4 tiles can cost more than a shallower one where it sits in one.
+            cost = len(chosen) + native - index
+            if best is None or cost < best[0]:
+                best = (cost, index, chosen, votes, (share, lift, gain))
+        if best is None:
+            return -1, [], LevelStep(**base, decision="spread: coarse level")
+        _, index, chosen, votes, (share, lift, gain) = best
+        lvl = dip.level(index)
+        step = LevelStep(
+            **base,
+            decision=f"jump to {lvl.name}",
+            next_tiles=tuple(chosen),
+            next_scores=tuple(votes[k] for k in chosen),
+            focus_share=share,
+            lift=lift,
+            gain=gain,
+            next_boxes=tuple(lvl.tile_box(k.row, k.col) for k in chosen),
+        )
+        return index, chosen, step
 
     def run(self, dip: DynamicImagePyramid, question: str) -> C2FResult:
         opt = self.options
