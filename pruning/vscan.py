@@ -34,6 +34,14 @@ Deviations:
 * Qwen-VL (no in-encoder hook) is refused with a ``PrunerConfigError``.
 * Kept tokens keep their original RoPE positions by default; the released code renumbers them compactly
   (card §9.4): ``positions=compact`` does that, to reproduce the paper's numbers.
+
+Encoder cost (``drop_at``, issue 15): the published design runs the whole encoder on every patch (the scans
+read attention at layer 5 *and* at the feature layer), so it cannot make the encoder cheaper, and on a CPU
+the encoder costs more than the pruned LLM prefill. ``drop_at=local`` is our extension, not the card's:
+select and merge before the local-scan layer itself, so that layer and every later one (CLIP-L: layers 5..22
+of 0..22, 18 of 23) run on the kept tokens only. The feature layer's attention does not exist yet there, so
+the global scan ranks by the local-scan layer's attention as well (a global top-k over the tile instead of
+per-window quotas). ``drop_at=feature`` (default) is the behaviour described above.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ if TYPE_CHECKING:
     from lrs_vqa.models.base import ModelAdapter
 
 LLAVA_FAMILIES = ("llava",)
+DROP_POINTS = ("feature", "local")  # where stage 1 selects and merges inside the encoder
 
 # ------------------------------------------------------------------------------------------ pure
 
@@ -156,8 +165,15 @@ class VScanConfig:
     # RoPE positions after stage 2: "original" (the engine's default) or "compact" (renumbered 0..n−1, as
     # the released code does: set it to reproduce the paper's numbers, card §9.4)
     positions: str = "original"
+    # stage 1 acts before the feature layer ("feature", the card's scans) or before the local-scan layer
+    # ("local": later encoder layers run on the kept tokens; both scans read that layer's attention)
+    drop_at: str = "feature"
 
     def __post_init__(self) -> None:
+        if self.drop_at not in DROP_POINTS:
+            raise PrunerConfigError(
+                f"vscan drop_at must be one of {', '.join(DROP_POINTS)}, got {self.drop_at!r}"
+            )
         if self.positions not in POSITION_MODES:
             raise PrunerConfigError(f"vscan positions must be original or compact, got {self.positions!r}")
         if not isinstance(self.local_layer, int) or self.local_layer < 0:
@@ -189,6 +205,8 @@ class VScanEncoderHook(PrunerHook):
         self.budget = budget
         self.target = target
         self.shallow_layer, self.deep_layer = layers
+        # the layer before which stage 1 selects and merges
+        self.drop_layer = self.shallow_layer if pruner.config.drop_at == "local" else self.deep_layer
         self.llm_layer = llm_layer
         self.records = records
         self.calls: list[tuple[int, int]] = []  # (patches seen, kept) per encoded group
@@ -209,7 +227,7 @@ class VScanEncoderHook(PrunerHook):
     def encoder_drop_layers(self) -> tuple[int, ...]:
         if not self.active:
             return ()
-        return tuple(sorted({self.shallow_layer, self.deep_layer}))
+        return tuple(sorted({self.shallow_layer, self.drop_layer}))
 
     def _attention(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         if self.encoder_layers is None:
@@ -223,10 +241,13 @@ class VScanEncoderHook(PrunerHook):
             return None
         if layer == self.shallow_layer:
             self._shallow = self._attention(layer, hidden)
-        if layer != self.deep_layer:
+        if layer != self.drop_layer:
             return None
         shallow, self._shallow = self._shallow, None
-        deep = self._attention(layer, hidden)
+        # drop_at=local: the global scan reads the same (local-scan) layer, the deepest one run so far
+        deep = (
+            shallow if shallow is not None and layer == self.shallow_layer else self._attention(layer, hidden)
+        )
         if shallow is None:
             shallow = deep
         tiles, n = grid_index.shape
@@ -275,8 +296,9 @@ class VScan(Pruner):
         return min(shallow, deep), deep
 
     def stage_labels(self, n_layers: int = 32) -> tuple[str, ...]:
+        where = "its feature layer" if self.config.drop_at == "feature" else "the local-scan layer"
         return (
-            f"inside the encoder, before its feature layer (local scan at layer {self.config.local_layer} "
+            f"inside the encoder, before {where} (local scan at layer {self.config.local_layer} "
             "of 24, global scan, merge)",
             f"llm layer {self.layers(n_layers)[0]} (last-token attention, keeps {self.config.share:.3g})",
         )
