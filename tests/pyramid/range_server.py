@@ -1,6 +1,6 @@
-"""A loopback HTTP server for the remote-raster tests and ``bench/remote_bench.py``: serves
-files from one folder with byte ranges (read from the file by seek, streamed in 1 MiB pieces), keeps its own log
-of requests and bytes sent (what the tests assert against), and can misbehave on demand."""
+"""A loopback HTTP server for the remote-raster tests and ``bench/remote_bench.py``: serves files from one
+folder with byte ranges (read from the file by seek, streamed in 1 MiB pieces), keeps its own log of requests
+and bytes sent (what the tests assert against), and can misbehave on demand."""
 
 from __future__ import annotations
 
