@@ -162,53 +162,6 @@ def shift_tiles(segment: VisionSegment, offset: int) -> VisionSegment:
 class Loop(Protocol):
     """What a c2f mode builds (``lrs_vqa.c2f_modes``): one question over one pyramid → a ``C2FResult``."""
 
-    def _thumbnail_jump(
-        self, dip: DynamicImagePyramid, scores: TokenScores, thumb: Tile
-    ) -> tuple[int, list[TileKey], LevelStep]:
-        """Where the thumbnail's scores send the loop: (level, its tiles to read, the step recorded), or
-        level -1 and no tiles when the map is too spread to jump (read the coarse level whole)."""
-        opt = self.options
-        focus = focus_rows(scores.scores, scores.meta.newline, opt.focus_mass)
-        base = {
-            "level": -1,
-            "level_name": "thumbnail",
-            "grid": (1, 1),
-            "tiles": (thumb.key,),
-            "tile_scores": (float(scores.scores.sum()),),
-            "tokens_encoded": len(scores.scores),
-            "focus_tokens": int(focus.numel()),
-        }
-        native = len(dip.levels) - 1
-        best: tuple[int, int, list[TileKey], dict[TileKey, float], tuple[float, float, float]] | None = None
-        for index in range(native, -1, -1):  # deepest first, so a tie goes to the deeper level
-            votes = tile_votes(dip, index, scores.meta.boxes[focus], scores.scores[focus])
-            if not votes or len(votes) > opt.jump_tiles:
-                continue
-            chosen = sorted(votes, key=lambda k: (k.row, k.col))  # raster order for the LLM
-            share, lift, gain = self._concentration(dip, index, scores, chosen)
-            if share < opt.min_focus_share or gain < opt.min_gain:
-                continue
-            # Reads to reach native from here: these tiles, then at least one per level below. A deep level
-            # where the focus straddles 4 tiles can cost more than a shallower one where it sits in one.
-            cost = len(chosen) + native - index
-            if best is None or cost < best[0]:
-                best = (cost, index, chosen, votes, (share, lift, gain))
-        if best is None:
-            return -1, [], LevelStep(**base, decision="spread: coarse level")
-        _, index, chosen, votes, (share, lift, gain) = best
-        lvl = dip.level(index)
-        step = LevelStep(
-            **base,
-            decision=f"jump to {lvl.name}",
-            next_tiles=tuple(chosen),
-            next_scores=tuple(votes[k] for k in chosen),
-            focus_share=share,
-            lift=lift,
-            gain=gain,
-            next_boxes=tuple(lvl.tile_box(k.row, k.col) for k in chosen),
-        )
-        return index, chosen, step
-
     def run(self, dip: DynamicImagePyramid, question: str) -> C2FResult: ...
 
 
