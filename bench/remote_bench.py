@@ -33,17 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, git_state, machine, write_results_section
+from _common import ROOT, git_state, machine, peak_rss_mb, write_results_section
 
 ROWS = ("local", "remote", "download first")
 HEADING = "## Remote COG over HTTP (bench/remote_bench.py)"
-
-
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +71,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         "tiles": len(keys),
         "gdal_bytes": report.get("bytes_fetched"),
         "gdal_requests": report.get("requests"),
-        "peak_mb": _peak_rss_mb(),
+        "peak_mb": peak_rss_mb(),
     }
 
 
