@@ -8,8 +8,6 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import json
-import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,19 +21,12 @@ gradio_client = pytest.importorskip("gradio_client")
 from app.config import RunSettings, ServeConfig  # noqa: E402
 from app.examples import EXAMPLES  # noqa: E402
 from app.inputs import InputError, resolve_input  # noqa: E402
-from app.server import launch  # noqa: E402
 from lrs_vqa.c2f import C2FOptions  # noqa: E402
 from lrs_vqa.options import AskOptions  # noqa: E402
-from pyramid.synth import synthesize_scene  # noqa: E402
+from tests.app.served import CHROMIUM, CHROMIUM_ARGS, ask_args, launched, write_scene  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 QUESTION = EXAMPLES[0].question  # the question box starts with the first example's
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,45 +36,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scene(workdir: Path) -> Path:
-    out = workdir / "served" / "scene.tif"
-    out.parent.mkdir()
-    synthesize_scene(out, (1300, 900), seed=2)
-    return out
+    return write_scene(workdir)
 
 
 @pytest.fixture(scope="module")
 def server(workdir: Path, scene: Path, tiny_checkpoint) -> Iterator[tuple[str, ServeConfig]]:
-    tiny = tiny_checkpoint("llava_onevision", 5)
-    config = ServeConfig(
-        port=free_port(),
-        models=(str(tiny),),
-        allow_dir=scene.parent,
-        max_upload_mb=5,
-        examples_dir=workdir / "examples",
-    )
-    served = launch(config, block=False)
-    try:
-        yield f"http://127.0.0.1:{config.port}/", config
-    finally:
-        served.close()
-
-
-def ask_args(config: ServeConfig, upload: object = None, example: str | None = None, path: str = "") -> list:
-    d = RunSettings(model=config.models[0])
-    return [
-        upload,
-        example,
-        path,
-        QUESTION,
-        d.model,
-        d.strategy,
-        d.scorer,
-        d.keep_ratio,
-        d.max_tiles_per_level,
-        d.budget_tokens,
-        "none",
-        "",
-    ]
+    with launched(workdir, scene, tiny_checkpoint("llava_onevision", 5)) as (url, config, _):
+        yield url, config
 
 
 def test_config_defaults_are_loopback_and_the_cli_defaults() -> None:
@@ -232,9 +191,6 @@ def test_cli_serve_refuses_a_missing_allow_dir(tmp_path: Path, capsys: pytest.Ca
     assert "not a folder" in capsys.readouterr().err
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def upload(page: object, path: Path) -> None:
     """Set the file input until the component lists the file (the page may still be hydrating)."""
     shown = page.locator("#upload").get_by_text(path.stem).first  # type: ignore[attr-defined]
@@ -259,13 +215,7 @@ def test_browser_upload_ask_and_see_the_results(
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
+            args=CHROMIUM_ARGS,
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1300})

@@ -12,8 +12,6 @@ import io
 import json
 import math
 import re
-import shutil
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,23 +26,16 @@ gradio_client = pytest.importorskip("gradio_client")
 
 from PIL import Image  # noqa: E402
 
-from app.config import RunSettings, ServeConfig  # noqa: E402
+from app.config import ServeConfig  # noqa: E402
 from app.examples import EXAMPLES, ensure_examples  # noqa: E402
-from app.server import Served, launch  # noqa: E402
+from app.server import Served  # noqa: E402
 from app.tiles import DeepZoomGrid, read_tile  # noqa: E402
 from pyramid.dip import DynamicImagePyramid  # noqa: E402
 from pyramid.levels import PixelBox  # noqa: E402
-from pyramid.synth import synthesize_scene  # noqa: E402
+from tests.app.served import CHROMIUM, CHROMIUM_ARGS, ask_args, launched, write_scene  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE_BYTES = 32 * 2**20  # the viewer's block-cache budget in these tests
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,37 +45,20 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scene(workdir: Path) -> Path:
-    out = workdir / "served" / "scene.tif"
-    out.parent.mkdir()
-    synthesize_scene(out, (1300, 900), seed=2)
-    return out
+    return write_scene(workdir)
 
 
 @pytest.fixture(scope="module")
 def running(workdir: Path, scene: Path, tiny_checkpoint) -> Iterator[tuple[str, ServeConfig, Served]]:
-    tiny = tiny_checkpoint("llava_onevision", 5)
-    config = ServeConfig(
-        port=free_port(),
-        models=(str(tiny),),
-        allow_dir=scene.parent,
-        max_upload_mb=5,
-        examples_dir=workdir / "examples",
-        tile_cache_bytes=CACHE_BYTES,
-    )
-    served = launch(config, block=False)
-    try:
-        yield f"http://127.0.0.1:{config.port}/", config, served
-    finally:
-        served.close()
+    model = tiny_checkpoint("llava_onevision", 5)
+    with launched(workdir, scene, model, tile_cache_bytes=CACHE_BYTES) as served:
+        yield served
 
 
 def ask(url: str, config: ServeConfig, tmp: Path, example: str | None = None, path: str = "") -> tuple:
-    d = RunSettings(model=config.models[0])
     question = next((e.question for e in EXAMPLES if e.name == example), EXAMPLES[0].question)
-    args = [None, example, path, question, d.model, d.strategy, d.scorer, d.keep_ratio]
-    args += [d.max_tiles_per_level, d.budget_tokens, "none", ""]
     client = gradio_client.Client(url, verbose=False, download_files=str(tmp))
-    return client.predict(*args, api_name="/ask")
+    return client.predict(*ask_args(config, example=example, path=path, question=question), api_name="/ask")
 
 
 def overlay_of(url: str, viewer_html: str) -> tuple[str, dict]:
@@ -223,12 +197,7 @@ def test_browser_deep_zoom_to_the_native_tiles(
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-            ],
+            args=CHROMIUM_ARGS,
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1600})
