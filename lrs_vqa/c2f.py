@@ -4,17 +4,17 @@ scores point at → … → prune the final level's tokens and hand them to the 
 Only the tiles the loop selects are ever read from the pyramid. The rule of the default mode (the released
 code takes exactly one hop with a fixed 25 % keep ratio; see the reference card §5 and §11):
 
-1. **Focus tokens.** At each level, the highest-scoring tokens until they hold ``focus_mass`` of the level's
-   score mass (ties with the last one included). Newline markers never select tiles (the released code's
-   newline column forces the right-most tile column in; ours does not).
-2. **Candidate tiles.** Each focus token spreads its score over the next level's tiles its level-0 box
-   overlaps, by overlap area: exact content extents, no padding misalignment.
 0. **Thumbnail first** (``thumbnail_first``). The thumbnail alone is scored; its focus tokens vote on the
    tiles of every level. Among the levels where they land on at most ``jump_tiles`` tiles that pass the zoom
    test of step 3, the loop starts at the one needing the fewest reads to reach native (its tiles plus one
    per level below; the deeper on a tie), reading only those tiles. When no level passes (a spread map),
    it falls back to the whole coarse level. A concentrated question then costs one cheap thumbnail pass
    instead of encoding and scoring the coarse grid, and skips the levels the thumbnail already resolves.
+1. **Focus tokens.** At each level, the highest-scoring tokens until they hold ``focus_mass`` of the level's
+   score mass (ties with the last one included). Newline markers never select tiles (the released code's
+   newline column forces the right-most tile column in; ours does not).
+2. **Candidate tiles.** Each focus token spreads its score over the next level's tiles its level-0 box
+   overlaps, by overlap area: exact content extents, no padding misalignment.
 3. **Zoom or stop.** If every candidate fits in ``max_tiles_per_level``, they are all read (the zoom is
    bounded anyway). Otherwise the best ``max_tiles_per_level`` are read only if the map is concentrated:
    they hold at least ``min_focus_share`` of the view's whole score mass, and their *gain* — how much of the
@@ -68,6 +68,11 @@ class LevelStep:
     lift: float | None = None  # that share over the share of the view's area they cover
     gain: float | None = None  # (share − area share) / (1 − area share): 0 uniform, 1 all the mass
     next_boxes: tuple[PixelBox, ...] = ()  # level-0 boxes of next_tiles where they are not pyramid tiles
+
+    @property
+    def reads_next(self) -> bool:
+        """The loop went on to read ``next_tiles`` (a zoom, or the thumbnail's jump)."""
+        return self.decision == "zoom" or self.decision.startswith("jump to ")
 
     def describe(self) -> dict[str, object]:
         return {

@@ -64,7 +64,7 @@ def render_heatmap(
     blended = (base * (1 - alpha) + heat * alpha).astype(np.uint8)
     image = Image.fromarray(blended)
     draw = ImageDraw.Draw(image)
-    for depth, step in enumerate(s for s in steps if s.decision == "zoom" or s.decision.startswith("jump")):
+    for depth, step in enumerate(s for s in steps if s.reads_next):
         level = dip.level(step.level + 1) if not step.next_boxes else None
         for i, key in enumerate(step.next_tiles):
             b = step.next_boxes[i] if level is None else level.tile_box(key.row, key.col)

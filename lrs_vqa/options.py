@@ -30,9 +30,9 @@ class C2FOptions:
     min_gain: float = 0.4
     budget_tokens: int = 4096  # vision tokens into the LLM, thumbnail and newline markers included
     keep_coarse: bool = False  # also keep the coarse level's focus tokens as context
-    # Score the thumbnail first: if its focus lands on at most ``jump_tiles`` tiles of some level and passes
-    # the concentration test there, start at the deepest such level with those tiles (the coarse level is
-    # never encoded whole); otherwise read the coarse level as usual.
+    # Score the thumbnail first: where its focus lands on at most ``jump_tiles`` tiles of a level that pass
+    # the concentration test, start at the level needing the fewest reads to native, with those tiles
+    # (the coarse level is never encoded whole); otherwise read the coarse level as usual.
     thumbnail_first: bool = False
     jump_tiles: int = 4
 

@@ -186,6 +186,7 @@ def test_thumbnail_first_jumps_past_the_coarse_level_to_the_same_native_tiles(
     jumped, read_jumped, _ = run_planted(adapter, path, region, thumbnail_first=True)
     thumb, start = jumped.steps[0], jumped.steps[1]
     assert thumb.level == -1 and thumb.decision.startswith("jump to ")
+    assert thumb.reads_next and start.reads_next  # the heatmap outlines the jump's tiles too
     assert start.level > 0 and 1 <= len(start.tiles) <= 4  # below coarse, at most jump_tiles
     assert thumb.decision == f"jump to {levels[start.level].name}"
     assert set(thumb.next_tiles) == set(start.tiles)
@@ -209,6 +210,7 @@ def test_thumbnail_first_falls_back_to_the_coarse_level_when_spread(
     plain, _, levels = run_planted(adapter, path, whole)
     result, tiles_read, _ = run_planted(adapter, path, whole, thumbnail_first=True)
     assert result.steps[0].level == -1 and result.steps[0].decision == "spread: coarse level"
+    assert not result.steps[0].reads_next
     assert [s.describe() for s in result.steps[1:]] == [s.describe() for s in plain.steps]
     assert len(result.steps[1].tiles) == levels[0].num_tiles
     assert tiles_read == 1 + levels[0].num_tiles
