@@ -2,10 +2,11 @@
 against downloading the whole file first.
 
 The workload is ``bench/pyramid_bench.py``'s ``coarse+tiles64``: open, the coarse level as one image, then
-the 8×8 block of native tiles around the centre. The COG is ``pyramid_bench``'s 27,328² scene (JPEG q90,
-512² blocks, internal overviews; written if absent). It is served on loopback by the range server the
-remote tests use (``tests/pyramid/range_server.py``: byte ranges read from the file by seek), so the bytes
-and requests come from the server's own log; the pyramid's counters (GDAL's network statistics) are printed
+the 8×8 block of native tiles around the centre. The COG is the benchmarks' 27,328² scene
+(``_common.find_or_make_scene``: ``pyramid_bench``'s COG, JPEG q90, 512² blocks, internal overviews; written
+if absent). It is served on loopback by the range server the remote tests use
+(``tests/pyramid/range_server.py``: byte ranges read from the file by seek), so the bytes and requests come
+from the server's own log; the pyramid's counters (GDAL's network statistics) are printed
 beside them. Rows, each in a fresh process (GDAL's caches start empty), repeated, median:
 
 * ``local``          — the file path;
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, git_state, machine, peak_rss_mb, write_results_section
+from _common import ROOT, find_or_make_scene, git_state, machine, peak_rss_mb, write_results_section
 
 ROWS = ("local", "remote", "download first")
 HEADING = "## Remote COG over HTTP (bench/remote_bench.py)"
@@ -73,23 +74,6 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         "gdal_requests": report.get("requests"),
         "peak_mb": peak_rss_mb(),
     }
-
-
-def scene_cog(size: int) -> Path:
-    """``pyramid_bench``'s COG of the ``size``² scene (the same file and settings), written if absent."""
-    cog = ROOT / "bench" / "out" / f"inputs-{size}" / "cog.tif"
-    if not cog.exists():
-        from pyramid.cog import write_cog
-        from pyramid.synth import synthesize_scene
-
-        cog.parent.mkdir(parents=True, exist_ok=True)
-        scene = cog.with_name("scene.tif")
-        print(f"writing the {size}² scene and its COG to {cog.parent} ...", flush=True)
-        synthesize_scene(scene, size, seed=0, compress="jpeg", progress=False)
-        write_cog(scene, cog, quality=90, overwrite=True)
-        scene.unlink()
-        scene.with_suffix(".json").unlink(missing_ok=True)
-    return cog
 
 
 def run_row(row: str, source: str, server: Any, download_dir: Path) -> dict[str, Any]:
@@ -166,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "tests" / "pyramid"))
     from range_server import serve
 
-    cog = scene_cog(args.size)
+    cog = Path(find_or_make_scene(ROOT / "bench" / "out", args.size)["path"])
     results: dict[str, list[dict[str, Any]]] = {r: [] for r in ROWS}
     with serve(cog.parent) as server, tempfile.TemporaryDirectory(dir=cog.parent) as tmp:
         sources = {"local": str(cog), "remote": server.url(cog.name), "download first": server.url(cog.name)}
