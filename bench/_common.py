@@ -303,13 +303,10 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    flags = ""
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in have)
-                break
+    from lrs_vqa.models.dtypes import host_cpu_flags  # the flags --dtype auto decides by
+
+    have = host_cpu_flags()
+    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in have)
     return {
         "cpu": cpu,
         "cpu_flags": flags,
