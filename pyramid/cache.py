@@ -79,6 +79,33 @@ class ByteLRUCache(Generic[V]):
             for gone in evicted:
                 self._on_evict(gone)
 
+    def evict_oldest(
+        self, match: Callable[[V], bool], evictable: Callable[[V], bool], scan: int = 64
+    ) -> bool:
+        """Evict, oldest first among the ``scan`` least recently used, every ``evictable`` value up to and
+        including the first that ``match``es (what LRU order would evict first anyway); False if none does."""
+        gone: list[V] = []
+        found = False
+        with self._lock:
+            keys = []
+            for i, (key, (value, _)) in enumerate(self._items.items()):
+                if i >= scan:
+                    break
+                if evictable(value):
+                    keys.append(key)
+                    if match(value):
+                        found = True
+                        break
+            if found:
+                for key in keys:
+                    value, size = self._items.pop(key)
+                    self._bytes -= size
+                    gone.append(value)
+        if self._on_evict is not None:
+            for value in gone:
+                self._on_evict(value)
+        return found
+
     def get_or_load(self, key: Hashable, load: Callable[[], V]) -> V:
         value = self.get(key)
         if value is None:

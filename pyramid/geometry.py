@@ -49,6 +49,7 @@ class Georef:
         self.transform = transform
         self._crs_input = crs
         self._inverse = ~transform
+        self._coefficients = tuple(transform)[:6]
 
     @cached_property
     def crs(self) -> CRS | None:
@@ -86,9 +87,12 @@ class Georef:
         return Polygon(self._corners(box))
 
     def pixel_box_to_native(self, box: PixelBox) -> tuple[float, float, float, float]:
-        # The outline's bounds are its corners' extremes: no polygon per tile (streaming pays it per tile).
-        pts = self._corners(box)
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        # The outline's bounds are its corners' extremes, in plain arithmetic: no polygon and no Affine
+        # products per tile (streaming pays this per tile).
+        a, b, c, d, e, f = self._coefficients
+        x0, y0, x1, y1 = box.x0, box.y0, box.x1, box.y1
+        xs = (a * x0 + b * y0 + c, a * x1 + b * y0 + c, a * x1 + b * y1 + c, a * x0 + b * y1 + c)
+        ys = (d * x0 + e * y0 + f, d * x1 + e * y0 + f, d * x1 + e * y1 + f, d * x0 + e * y1 + f)
         return (min(xs), min(ys), max(xs), max(ys))
 
     def native_box_to_pixel(self, native: tuple[float, float, float, float]) -> PixelBox:
