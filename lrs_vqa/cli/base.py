@@ -18,6 +18,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _group() -> None:
+    # A callback keeps the app a command group even when a run registers one command (see lrs_vqa.cli):
+    # a lone command would otherwise take the command's name as its first argument.
+    pass
+
+
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
