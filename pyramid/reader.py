@@ -432,62 +432,57 @@ class RegionReader:
         return self.read_many([box])[0]
 
     def read_many(self, boxes: list[PixelBox], tile_size: int | None = None) -> list[Region]:
-        """Pixels of each box (clipped), each block looked up and pinned once for the whole batch.
+        """Pixels of each box (clipped to the raster), every block looked up once for the batch.
 
-        No result aliases the block cache, whose buffers are reused. ``tile_size``: boxes of exactly
-        that square size get their array from ``tile_buffers`` (reused once the caller drops it)."""
+        Blocks are taken column by column; each is copied into every box it overlaps at once, then unpinned,
+        so a block is pinned only while it is copied. No result aliases the block cache, whose buffers are
+        reused. ``tile_size``: boxes of exactly that square size get their array from ``tile_buffers``
+        (reused once the caller drops it)."""
         if tile_size is not None and self.tile_buffers is None:
             with self._lock:
                 if self.tile_buffers is None:
                     self.tile_buffers = TileBuffers((tile_size, tile_size, len(self.indexes)), self.dtype)
         ring = self.tile_buffers if tile_size is not None else None
-        blocks: dict[tuple[int, int], Region] = {}
         mr, mc = self.macro_rows, self.macro_cols
-        try:
-            out = []
-            for box in boxes:
-                box = box.clip(self.width, self.height)
-                if box.area == 0:
-                    out.append(Region(np.empty((box.height, box.width, len(self.indexes)), self.dtype), None))
-                    continue
+        clipped = [box.clip(self.width, self.height) for box in boxes]
+        datas: list[np.ndarray] = []
+        valids: list[np.ndarray | None] = [None] * len(clipped)
+        users: dict[tuple[int, int], list[int]] = {}
+        for i, box in enumerate(clipped):
+            pooled = ring is not None and (box.height, box.width) == ring.shape[:2]
+            shape = (box.height, box.width, len(self.indexes))
+            datas.append(ring.take() if pooled else np.empty(shape, self.dtype))  # type: ignore[union-attr]
+            if box.area:
                 rows = range(box.y0 // mr, (box.y1 - 1) // mr + 1)
-                cols = range(box.x0 // mc, (box.x1 - 1) // mc + 1)
-                for bij in itertools.product(rows, cols):
-                    if bij not in blocks:
-                        blocks[bij] = self._acquire(*bij)
-                pooled = ring is not None and (box.height, box.width) == ring.shape[:2]
-                out.append(self._assemble(box, rows, cols, blocks, ring.take() if pooled else None))  # type: ignore[union-attr]
-            return out
-        finally:
-            for region in blocks.values():
-                self._release(region)
+                for bij in itertools.product(rows, range(box.x0 // mc, (box.x1 - 1) // mc + 1)):
+                    users.setdefault(bij, []).append(i)
+        for bi, bj in sorted(users, key=lambda b: (b[1], b[0])):
+            block = self._acquire(bi, bj)
+            try:
+                self._scatter(block, bi, bj, [(clipped[i], datas[i], valids, i) for i in users[bi, bj]])
+            finally:
+                self._release(block)
+        return [Region(d, v) for d, v in zip(datas, valids, strict=True)]
 
-    def _assemble(
+    def _scatter(
         self,
-        box: PixelBox,
-        rows: range,
-        cols: range,
-        blocks: dict[tuple[int, int], Region],
-        out: np.ndarray | None = None,
-    ) -> Region:
-        data = np.empty((box.height, box.width, len(self.indexes)), self.dtype) if out is None else out
-        valid: np.ndarray | None = None
-        bx, by, ex, ey = box.x0, box.y0, box.x1, box.y1
-        for bi in rows:
-            by0 = bi * self.macro_rows
-            ys, ye = max(by, by0), min(ey, by0 + self.macro_rows)
-            for bj in cols:
-                block = blocks[bi, bj]
-                bx0 = bj * self.macro_cols
-                xs, xe = max(bx, bx0), min(ex, bx0 + self.macro_cols)
-                dst = (slice(ys - by, ye - by), slice(xs - bx, xe - bx))
-                srcs = (slice(ys - by0, ye - by0), slice(xs - bx0, xe - bx0))
-                data[dst] = block.data[srcs]
-                if block.valid is not None:
-                    if valid is None:
-                        valid = np.ones(data.shape[:2], bool)
-                    valid[dst] = block.valid[srcs]
-        return Region(data, valid)
+        block: Region,
+        bi: int,
+        bj: int,
+        targets: list[tuple[PixelBox, np.ndarray, list[np.ndarray | None], int]],
+    ) -> None:
+        """Copy block (``bi``, ``bj``) into each target box's array (and validity, created on first need)."""
+        by0, bx0 = bi * self.macro_rows, bj * self.macro_cols
+        for box, data, valids, i in targets:
+            ys, ye = max(box.y0, by0), min(box.y1, by0 + self.macro_rows)
+            xs, xe = max(box.x0, bx0), min(box.x1, bx0 + self.macro_cols)
+            dst = (slice(ys - box.y0, ye - box.y0), slice(xs - box.x0, xe - box.x0))
+            srcs = (slice(ys - by0, ye - by0), slice(xs - bx0, xe - bx0))
+            data[dst] = block.data[srcs]
+            if block.valid is not None:
+                if valids[i] is None:
+                    valids[i] = np.ones(data.shape[:2], bool)
+                valids[i][dst] = block.valid[srcs]  # type: ignore[index]
 
     # -- scaled reads ---------------------------------------------------------------------------------
     def read_scaled(
