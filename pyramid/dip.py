@@ -271,10 +271,17 @@ class DynamicImagePyramid:
     def _scaled_backing(self) -> Path | str:
         return self._cache_path() if self.coarse_from_cache else self.info.open_path
 
+    def _overviews(self, path: Path | str) -> tuple[list[int], int, int]:
+        """Overview factors and full size of ``path``: the header's for the source, so reading an overview
+        needs no reader of the full-resolution level; the disk cache's from its own reader."""
+        if path == self.info.open_path:
+            return list(self.info.overview_factors), self.info.width, self.info.height
+        base = self._reader(path, None)
+        return base.overview_factors(), base.width, base.height
+
     def _overview_reader(self, factor: int) -> RegionReader | None:
         path = self._scaled_backing()
-        base = self._reader(path, None)
-        factors = base.overview_factors()
+        factors, _, _ = self._overviews(path)
         if factor not in factors:
             return None
         return self._reader(path, factors.index(factor))
@@ -301,15 +308,14 @@ class DynamicImagePyramid:
         if self.info.dtype not in _CV_AREA_DTYPES:
             return None
         path = self._scaled_backing()
-        base = self._reader(path, None)
-        all_factors = base.overview_factors()
+        all_factors, full_width, full_height = self._overviews(path)
         factors = [f for f in all_factors if f <= min(level.factor_x, level.factor_y)]
         if not factors:
             return None
         ovr = self._reader(path, all_factors.index(max(factors)))
         if ovr.direct is None:  # GDAL would decode the blocks anyway: its own averaging is as good
             return None
-        sx, sy = base.width / ovr.width, base.height / ovr.height
+        sx, sy = full_width / ovr.width, full_height / ovr.height
         edges = (
             level_box.x0 * level.factor_x / sx,
             level_box.y0 * level.factor_y / sy,
