@@ -126,7 +126,6 @@ class DynamicImagePyramid:
             tuple(ColorInterp[name] for name in info.colorinterp),
             options.bands,
         )
-        self._rgb_positions = self.bands.rgb_positions  # per read: computed once
         self.georef: Georef | None = Georef(Affine(*info.transform), info.crs) if info.georeferenced else None
         self.block_cache: ByteLRUCache[Region] = ByteLRUCache(options.tile_cache_bytes, release_evicted)
         self.disk_cache: LevelCacheEntry | None = None
@@ -379,6 +378,8 @@ class DynamicImagePyramid:
     @property
     def stretch(self) -> Stretch:
         """uint8 passthrough, or per-band percentiles computed once from the coarse level."""
+        if self._stretch is not None:  # every read asks: no lock once it is set (it never changes after)
+            return self._stretch
         with self._lock:
             if self._stretch is None:
                 if self.info.dtype == "uint8":
@@ -403,10 +404,10 @@ class DynamicImagePyramid:
 
     def _finish(self, region: Region) -> tuple[np.ndarray, np.ndarray | None]:
         """A read's uint8 RGB pixels and validity (None = all valid)."""
-        positions = self._rgb_positions
+        positions = self.bands.rgb_positions
         # Plain RGB needs no band gather: the fancy-index copy cost ~30% of native streaming.
         plain = positions == [0, 1, 2] and region.data.shape[-1] == 3
-        rgb = (self._stretch or self.stretch).apply(region.data if plain else region.data[..., positions])
+        rgb = self.stretch.apply(region.data if plain else region.data[..., positions])
         if region.valid is not None:
             if region.valid.all():
                 return rgb, None

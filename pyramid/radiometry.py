@@ -7,6 +7,7 @@ a coarse level (masked pixels excluded) — never truncated to a high byte the w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from rasterio.enums import ColorInterp
@@ -28,8 +29,9 @@ class BandPlan:
         """Distinct bands to read, in order; ``rgb_positions`` maps R, G, B into this list."""
         return list(dict.fromkeys(self.rgb))
 
-    @property
+    @cached_property
     def rgb_positions(self) -> list[int]:
+        """Where R, G, B sit in ``read_indexes`` (every read needs it: computed once; do not mutate)."""
         idx = self.read_indexes
         return [idx.index(b) for b in self.rgb]
 

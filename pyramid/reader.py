@@ -11,7 +11,6 @@ Scaled reads (coarse level, thumbnail) are GDAL average-decimated reads, which u
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import sys
 import threading
@@ -443,7 +442,6 @@ class RegionReader:
                 if self.tile_buffers is None:
                     self.tile_buffers = TileBuffers((tile_size, tile_size, len(self.indexes)), self.dtype)
         ring = self.tile_buffers if tile_size is not None else None
-        mr, mc = self.macro_rows, self.macro_cols
         clipped = [box.clip(self.width, self.height) for box in boxes]
         datas: list[np.ndarray] = []
         valids: list[np.ndarray | None] = [None] * len(clipped)
@@ -452,10 +450,8 @@ class RegionReader:
             pooled = ring is not None and (box.height, box.width) == ring.shape[:2]
             shape = (box.height, box.width, len(self.indexes))
             datas.append(ring.take() if pooled else np.empty(shape, self.dtype))  # type: ignore[union-attr]
-            if box.area:
-                rows = range(box.y0 // mr, (box.y1 - 1) // mr + 1)
-                for bij in itertools.product(rows, range(box.x0 // mc, (box.x1 - 1) // mc + 1)):
-                    users.setdefault(bij, []).append(i)
+            for bij in self.blocks_for(box):
+                users.setdefault(bij, []).append(i)
         for bi, bj in sorted(users, key=lambda b: (b[1], b[0])):
             block = self._acquire(bi, bj)
             try:
